@@ -1,0 +1,5 @@
+import sys
+
+from toygpt.cli import main
+
+sys.exit(main())

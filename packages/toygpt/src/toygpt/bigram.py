@@ -1,0 +1,73 @@
+"""The bigram language model of the NanoGPT seed (Karpathy's "Let's build GPT" lecture).
+
+Each token looks up, in a (vocab_size, vocab_size) table, the logits of the token that follows
+it: no context beyond one token, no attention. It is the baseline every later model is measured
+against (about 2.5 val loss on Tiny Shakespeare), and it trains with the same trainer as the GPT,
+so it has the GPT's interface: forward(idx, targets) -> (logits, loss), configure_optimizers,
+generate, save_pretrained / from_pretrained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class BigramConfig:
+    vocab_size: int = 65
+    block_size: int = 8  # only bounds the trainer's windows: the model sees one token at a time
+
+
+class BigramLanguageModel(nn.Module):
+    def __init__(self, config: BigramConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, idx, targets=None):
+        logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # the table is a 2-D weight, so it decays, as the GPT's embeddings do
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas,
+                                 weight_decay=weight_decay, fused=device_type == "cuda")
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -1:])[0][:, -1, :] / temperature  # (B, vocab_size)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+    def save_pretrained(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps({"model_type": "toygpt-bigram", **asdict(self.config)}))
+
+    @classmethod
+    def from_pretrained(cls, path) -> BigramLanguageModel:
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        config.pop("model_type")
+        model = cls(BigramConfig(**config))
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        return model

@@ -1,0 +1,96 @@
+"""Training checkpoints: a toygpt checkpoint directory plus the trainer's state, saved atomically.
+
+Layout of `<run>/ckpt/`:
+    config.json, model.safetensors   the model (model.save_pretrained: GPT.from_pretrained reads it)
+    tokenizer.json                   the data's tokenizer
+    trainer_state.pt                 optimizer, GradScaler, step, RNG states, TrainConfig, and the
+                                     size + sha256 of every other file (so truncation is detected)
+    train_config.json                the TrainConfig again, for people
+
+Atomic save: everything is written into a temporary sibling directory, which is then renamed into
+place (the old checkpoint is first renamed aside and only deleted afterwards). A crash at any point
+leaves either the old or the new checkpoint whole; `resolve` finds the one that survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from toygpt.data import sha256_of
+from toygpt.errors import ToyGPTError
+
+STATE_FILE = "trainer_state.pt"
+
+
+def save_checkpoint(path: str | Path, model, tokenizer, state: dict) -> Path:
+    """Write model + tokenizer + `state` (a dict of tensors and plain values) to `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save(tmp / "tokenizer.json")
+    (tmp / "train_config.json").write_text(json.dumps(state.get("config", {}), indent=2) + "\n")
+    state = dict(state, files={f.name: [f.stat().st_size, sha256_of(f)] for f in sorted(tmp.iterdir())})
+    torch.save(state, tmp / STATE_FILE)
+    for f in tmp.iterdir():  # on disk before the rename makes them the checkpoint
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """`path`, or the previous checkpoint a crash mid-save left renamed aside."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not (path / STATE_FILE).is_file() and (old / STATE_FILE).is_file():
+        return old
+    return path
+
+
+def load_state(path: str | Path) -> dict:
+    """The trainer state of checkpoint `path`, after checking every file against it."""
+    path = resolve(path)
+    state_path = path / STATE_FILE
+    if not state_path.is_file():
+        raise ToyGPTError(f"no checkpoint at {path} ({STATE_FILE} not found)")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, ...: all mean the same to the user
+        raise ToyGPTError(f"checkpoint file {state_path} is corrupt or truncated ({type(e).__name__})") from None
+    for name, (size, digest) in state.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise ToyGPTError(f"checkpoint file {f} is missing")
+        if f.stat().st_size != size or sha256_of(f) != digest:
+            raise ToyGPTError(f"checkpoint file {f} is corrupt or truncated (size or sha256 differs "
+                              f"from the one recorded at save time)")
+    return state
+
+
+def load_model(path: str | Path):
+    """The model of checkpoint `path`: a GPT, or the bigram model."""
+    path = resolve(path)
+    config_path = path / "config.json"
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ToyGPTError(f"cannot read {config_path} ({e})") from None
+    if model_type == "toygpt-bigram":
+        from toygpt.bigram import BigramLanguageModel
+
+        return BigramLanguageModel.from_pretrained(path)
+    from toygpt.model import GPT
+
+    return GPT.from_pretrained(path)

@@ -1,0 +1,300 @@
+"""Sampling from a GPT: one decoding loop with a KV cache, two faces.
+
+- nanoGPT's tensor form: `model.generate(idx, max_new_tokens, temperature=1.0, top_k=None)`
+  returns the (B, T + new) tensor of ids.
+- The ToyGPT seed's text form: `model.generate(prompt='Hello', ...)` yields decoded text as it
+  is produced. Bytes go through an incremental UTF-8 decoder, so a character whose bytes are
+  split across tokens comes out whole, once its last byte arrives.
+
+The KV cache: one preallocated (k, v) pair of buffers per layer, shape (B, nh, block_size, hs).
+The prompt runs once (prefill); then each step feeds only the new token, whose key and value are
+written in place at the next position, and attention runs with Tq = 1 query over Tk cached keys.
+Only the last position's logits are computed.
+
+Context longer than block_size: the prompt is cropped to its last block_size tokens, and once
+the sequence outgrows block_size the context slides, exactly as nanoGPT's crop does: each new
+token is conditioned on the last block_size tokens. Position embeddings are absolute, so sliding
+cannot reuse the cache; past block_size every step rebuilds it from the window (a full forward
+over block_size tokens). Greedy output is therefore identical with and without the cache.
+
+Sampling options: greedy (or temperature=0), temperature, top_k, top_p (nucleus, Holtzman et al.
+2019), stopping at the end-of-text token and at stop strings, a seed, and batches of prompts.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+
+import torch
+
+from toygpt.errors import ToyGPTError
+
+GPT2_VOCAB_SIZES = (50257, 50304)  # GPT-2's vocabulary, and nanoGPT's padded one
+
+
+def generate(model, idx=None, max_new_tokens=None, temperature=1.0, top_k=None, *,
+             prompt=None, top_p=None, greedy=False, stop=None, stop_at_eot=None, seed=None,
+             use_cache=True, tokenizer=None, sampling=True):
+    """Tensor form when idx is given (returns ids), text form when prompt is given (yields str).
+
+    prompt: a str (yields str pieces) or a list of str (yields, per step, a list with one piece
+    per prompt; '' for rows with nothing new). max_new_tokens defaults to 256 in the text form.
+    greedy or temperature == 0: always the most likely token. stop: str or list of str; the text
+    form ends a row when one appears (the stop string itself is not yielded). stop_at_eot: stop a
+    row at the tokenizer's end-of-text token (default: True for text, False for tensors, as
+    nanoGPT). seed: reproducible sampling (a private torch.Generator; the global RNG otherwise).
+    sampling=False is greedy (the ToyGPT seed's flag).
+    """
+    _check_options(temperature, top_k, top_p, max_new_tokens)
+    if (idx is None) == (prompt is None):
+        raise ToyGPTError("generate: pass either idx (a (B, T) tensor of ids) or prompt (text), not both")
+    sampler = Sampler(temperature, top_k, top_p, greedy or not sampling, seed, _device(model))
+    if prompt is not None:
+        return _generate_text(model, prompt, 256 if max_new_tokens is None else max_new_tokens, sampler,
+                              stop, True if stop_at_eot is None else stop_at_eot, use_cache, tokenizer)
+    if max_new_tokens is None:
+        raise ToyGPTError("generate(idx, max_new_tokens): max_new_tokens is required in the tensor form")
+    if stop is not None:
+        raise ToyGPTError("generate: stop strings need the text form (prompt=...)")
+    idx = _check_idx(model, idx)
+    eot_id = None
+    if stop_at_eot:
+        eot_id = _tokenizer(model, tokenizer).eot_id
+        if eot_id is None:
+            raise ToyGPTError("stop_at_eot=True but the tokenizer has no end-of-text token")
+    out = torch.empty(idx.shape[0], idx.shape[1] + max_new_tokens, dtype=torch.long, device=idx.device)
+    out[:, :idx.shape[1]] = idx
+    n = idx.shape[1]
+    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for token in decode_tokens(model, idx, max_new_tokens, sampler, use_cache):
+        if eot_id is not None:
+            token = token.masked_fill(done, eot_id)  # finished rows are padded with end-of-text
+            done |= token == eot_id
+        out[:, n] = token
+        n += 1
+        if eot_id is not None and bool(done.all()):
+            break
+    return out[:, :n]
+
+
+# ----------------------------------------------------------------------------------------------
+# the decoding loop
+
+
+class Sampler:
+    """Turns last-position logits (B, V) into the next token ids (B,)."""
+
+    def __init__(self, temperature, top_k, top_p, greedy, seed, device):
+        self.greedy = greedy or temperature == 0
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.generator = None
+        if seed is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(int(seed))
+
+    def __call__(self, logits):
+        if self.greedy:
+            return logits.argmax(dim=-1)  # (B,)
+        logits = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.size(-1):
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)  # (B, V)
+        if self.top_p is not None and self.top_p < 1.0:
+            # nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)  # (B, V)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ahead
+            sorted_probs = sorted_probs.masked_fill(mass_before >= self.top_p, 0.0)  # keeps the top one
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)  # (B,)
+
+
+def new_kv_cache(model, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One preallocated (k, v) pair per layer, each (B, nh, block_size, hs), in the model's dtype."""
+    cfg = model.config
+    p = model.lm_head.weight
+    shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    return [(torch.empty(shape, dtype=p.dtype, device=p.device), torch.empty(shape, dtype=p.dtype, device=p.device))
+            for _ in range(cfg.n_layer)]
+
+
+def decode_tokens(model, idx, max_new_tokens: int, sample, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens next-token tensors (B,) continuing idx (B, T). The caller may stop
+    early. Every model call runs under inference_mode (and eval mode), never across a yield."""
+    block_size = model.config.block_size
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            cache = new_kv_cache(model, idx.shape[0]) if use_cache else None
+            window = idx[:, -block_size:]  # (B, <= block_size): a long prompt is cropped
+            logits = model.forward_cached(window, cache, 0)  # (B, V), prefill
+            pos = window.shape[1]  # positions held in the cache
+        for step in range(max_new_tokens):
+            with torch.inference_mode():
+                token = sample(logits)  # (B,)
+            yield token
+            if step == max_new_tokens - 1:
+                break  # no forward for a token nobody will sample
+            with torch.inference_mode():
+                window = torch.cat([window, token.unsqueeze(1)], dim=1)[:, -block_size:]  # (B, <= block_size)
+                if use_cache and pos < block_size:
+                    logits = model.forward_cached(window[:, -1:], cache, pos)  # only the new token
+                    pos += 1
+                else:  # no cache, or the context slides: run the whole window again
+                    logits = model.forward_cached(window, cache, 0)
+                    pos = window.shape[1]
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# the text form
+
+
+def _generate_text(model, prompt, max_new_tokens, sampler, stop, stop_at_eot, use_cache, tokenizer):
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ToyGPTError(f"prompt must be a str or a non-empty list of str, got {prompt!r:.80}")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ToyGPTError(f"stop must be a non-empty str or a list of them, got {stop!r}")
+    tok = _tokenizer(model, tokenizer)
+    rows = [_encode_prompt(tok, p, model.config.vocab_size) for p in prompts]
+    return _stream(model, tok, rows, max_new_tokens, sampler, stops, stop_at_eot, use_cache, single)
+
+
+def _stream(model, tok, rows, max_new_tokens, sampler, stops, stop_at_eot, use_cache, single):
+    """Generator behind the text form. Prompts of equal token length run as one batch; groups of
+    different lengths run one after another (there is no padding mask), each yielding full rows."""
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(rows):
+        groups.setdefault(len(ids), []).append(i)
+    eot_id = tok.eot_id if stop_at_eot else None
+    device = _device(model)
+    for members in groups.values():
+        idx = torch.tensor([rows[i] for i in members], dtype=torch.long, device=device)  # (b, T)
+        streams = [TextStream(tok, stops) for _ in members]
+        for token in decode_tokens(model, idx, max_new_tokens, sampler, use_cache):
+            pieces = [""] * len(rows)
+            for j, t in enumerate(token.tolist()):
+                pieces[members[j]] = streams[j].push(t, eot_id)
+            yield from _emit(pieces, single)
+            if all(s.done for s in streams):
+                break
+        pieces = [""] * len(rows)
+        for j, s in enumerate(streams):
+            pieces[members[j]] = s.finish()
+        yield from _emit(pieces, single)
+
+
+def _emit(pieces, single):
+    if single:
+        if pieces[0]:
+            yield pieces[0]
+    elif any(pieces):
+        yield pieces
+
+
+class TextStream:
+    """One row's tokens -> text pieces: incremental UTF-8, end-of-text, and stop strings (text
+    that could be the start of a stop string is held back until it is known not to be)."""
+
+    def __init__(self, tok, stops):
+        self.tok = tok
+        self.stops = stops
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.done = False
+
+    def push(self, token: int, eot_id) -> str:
+        if self.done:
+            return ""
+        if token == eot_id:
+            return self.finish()
+        self.pending += self.decoder.decode(self.tok.decode_bytes([token]))
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out
+        hits = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if hits:
+            self.done = True
+            out, self.pending = self.pending[:min(hits)], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return out
+
+    def finish(self) -> str:
+        if self.done:
+            return ""
+        self.done = True
+        out = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_options(temperature, top_k, top_p, max_new_tokens):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ToyGPTError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ToyGPTError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ToyGPTError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0
+    ):
+        raise ToyGPTError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+
+
+def _check_idx(model, idx):
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+        raise ToyGPTError(f"idx must be a (B, T) integer tensor of token ids, got {idx!r:.80}")
+    if idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ToyGPTError(f"idx has shape {tuple(idx.shape)}: need at least one token per row")
+    V = model.config.vocab_size
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= V:
+        raise ToyGPTError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {V})")
+    return idx.to(device=_device(model), dtype=torch.long)
+
+
+def _encode_prompt(tok, prompt: str, vocab_size: int) -> list[int]:
+    ids = tok.encode(prompt)
+    if not ids:
+        if tok.eot_id is None:
+            raise ToyGPTError(
+                f"empty prompt, and the {tok.name!r} tokenizer has no end-of-text token to start from"
+            )
+        ids = [tok.eot_id]  # GPT-2 starts unconditional samples from <|endoftext|>
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ToyGPTError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {vocab_size})")
+    return ids
+
+
+def _tokenizer(model, tokenizer):
+    if tokenizer is not None:
+        return tokenizer
+    if getattr(model, "tokenizer", None) is None:
+        if model.config.vocab_size not in GPT2_VOCAB_SIZES:
+            raise ToyGPTError(
+                f"the model has no tokenizer and its vocab_size {model.config.vocab_size} is not GPT-2's: "
+                "pass tokenizer=..., or use the tensor form generate(idx, max_new_tokens)"
+            )
+        from toygpt.tokenizers import GPT2Tokenizer
+
+        model.tokenizer = GPT2Tokenizer()
+    return model.tokenizer
+
+
+def _device(model):
+    return model.lm_head.weight.device

@@ -1,0 +1,280 @@
+"""GPT-2 weights in transformers' format, both ways.
+
+A transformers GPT-2 directory is `config.json` (a GPT2Config) plus `model.safetensors` (or
+`pytorch_model.bin`, or sharded with an index). toygpt's modules already carry the checkpoint's
+names, so conversion is small:
+
+- GPT-2 was written with "Conv1D" layers that store the weight as (in, out), the transpose of
+  nn.Linear's (out, in): `c_attn`, `c_proj` (both) and `c_fc` weights are transposed.
+- The attention mask buffers (`attn.bias`, `attn.masked_bias`) in old checkpoints are dropped.
+- Keys may or may not start with `transformer.` (GPT2Model vs GPT2LMHeadModel checkpoints);
+  `lm_head.weight` is tied to `wte` and is neither needed nor written.
+
+`save_pretrained` writes that format itself with safetensors (transformers is not needed),
+recording toygpt's own fields (block_size, dropout, bias) under "toygpt" in config.json.
+A toygpt checkpoint directory is such a directory plus an optional `tokenizer.json`.
+
+Hub names ('gpt2', 'gpt2-medium', or any GPT-2 repo id) resolve through the Hugging Face cache
+with huggingface_hub; offline and not cached is one ToyGPTError, after a short probe, no hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from toygpt.errors import ToyGPTError
+from toygpt.model import GPTConfig
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+DROPPED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
+_PROBE_SECONDS = 3.0
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json <-> GPTConfig
+
+
+def config_from_hf(cfg: dict, where: str = "config.json") -> GPTConfig:
+    """GPTConfig from a GPT2Config dict; refuses settings toygpt's blocks do not implement."""
+    if cfg.get("model_type", "gpt2") != "gpt2":
+        raise ToyGPTError(f"{where}: model_type is {cfg.get('model_type')!r}; toygpt loads GPT-2 (model_type 'gpt2')")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ToyGPTError(f"{where}: activation_function {act!r} is not supported (toygpt uses tanh GELU, 'gelu_new')")
+    n_embd = cfg.get("n_embd", 768)
+    if cfg.get("n_inner") not in (None, 4 * n_embd):
+        raise ToyGPTError(f"{where}: n_inner={cfg['n_inner']} is not supported (toygpt's MLP is 4 * n_embd)")
+    if cfg.get("scale_attn_by_inverse_layer_idx", False) or not cfg.get("scale_attn_weights", True):
+        raise ToyGPTError(f"{where}: only GPT-2's standard attention scaling 1/sqrt(head_dim) is supported")
+    if abs(cfg.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        raise ToyGPTError(f"{where}: layer_norm_epsilon={cfg['layer_norm_epsilon']} is not supported (1e-5)")
+    extra = cfg.get("toygpt", {})
+    try:
+        return GPTConfig(
+            vocab_size=cfg.get("vocab_size", 50257),
+            block_size=extra.get("block_size", cfg.get("n_positions", 1024)),
+            n_layer=cfg.get("n_layer", 12),
+            n_head=cfg.get("n_head", 12),
+            n_embd=n_embd,
+            dropout=extra.get("dropout", cfg.get("resid_pdrop", 0.0)),
+            bias=extra.get("bias", True),
+        )
+    except ToyGPTError as e:
+        raise ToyGPTError(f"{where}: {e}") from None
+
+
+def config_to_hf(config: GPTConfig) -> dict:
+    cfg = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": 0.0,  # toygpt applies no dropout to attention probabilities
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "toygpt": {"block_size": config.block_size, "dropout": config.dropout, "bias": config.bias},
+    }
+    if config.vocab_size > 50256:  # GPT-2's <|endoftext|>
+        cfg["bos_token_id"] = cfg["eos_token_id"] = 50256
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# state dicts
+
+
+def hf_to_toygpt(state: dict, config: GPTConfig) -> dict:
+    """transformers GPT-2 state dict -> toygpt's names and layouts."""
+    out = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(DROPPED_BUFFERS) or name == "lm_head.weight":
+            continue  # lm_head is tied to wte
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
+        if not config.bias and name.endswith(".bias"):
+            continue  # a bias-free toygpt model saved for transformers carries zero biases
+        out["transformer." + name] = tensor
+    return out
+
+
+def toygpt_to_hf(model) -> dict:
+    """toygpt state dict -> transformers' names and layouts (zeros for biases toygpt lacks)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: safetensors stores a tensor once, and transformers re-ties it
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
+        out[name] = tensor.detach().to("cpu").contiguous()
+        if not model.config.bias and name.endswith(".weight") and not name.endswith(("wte.weight", "wpe.weight")):
+            # transformers' GPT-2 always has biases: zeros compute the same function
+            width = out[name].shape[-1]  # Conv1D (in, out) and LayerNorm (C,): the last dim
+            out[name.removesuffix(".weight") + ".bias"] = torch.zeros(width, dtype=tensor.dtype)
+    return out
+
+
+def load_state_dict(path: Path) -> dict:
+    """Tensors of a transformers directory: model.safetensors, sharded safetensors, or .bin."""
+    from safetensors.torch import load_file
+
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", _load_bin),
+    ):
+        if (path / index_name).is_file():
+            weight_map = json.loads((path / index_name).read_text())["weight_map"]
+            state = {}
+            for shard in sorted(set(weight_map.values())):
+                state.update(loader(path / shard))
+            return state
+    if (path / "pytorch_model.bin").is_file():
+        return _load_bin(path / "pytorch_model.bin")
+    raise ToyGPTError(
+        f"{path}: no weights found (expected model.safetensors, pytorch_model.bin, or a sharded index)"
+    )
+
+
+def _load_bin(file: Path) -> dict:
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# from_pretrained / save_pretrained
+
+
+def from_pretrained(cls, name_or_path, **overrides):
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if not path.is_dir():
+        if path.exists():
+            raise ToyGPTError(f"{name_or_path}: not a directory (pass a model directory or a hub name like 'gpt2')")
+        if os.sep in str(name_or_path) and not _looks_like_repo_id(str(name_or_path)):
+            raise ToyGPTError(f"{name_or_path}: no such directory (and not a hub name like 'gpt2' or 'org/name')")
+        path = resolve_hub(str(name_or_path))
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ToyGPTError(f"{path}: no config.json (not a transformers / toygpt model directory)")
+    try:
+        cfg = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ToyGPTError(f"{config_file}: not valid JSON ({e})") from None
+    config = config_from_hf(cfg, where=str(config_file))
+    for key, value in overrides.items():
+        if key not in ("dropout",):
+            raise ToyGPTError(f"from_pretrained: can only override 'dropout', got {key}={value!r}")
+        setattr(config, key, value)
+    config.__post_init__()
+    model = cls(config)
+    state = hf_to_toygpt(load_state_dict(path), config)
+    load_checked(model, state, where=str(path))
+    tokenizer_file = path / "tokenizer.json"
+    if tokenizer_file.is_file() and "type" in _json_keys(tokenizer_file):
+        from toygpt.tokenizers import load_tokenizer
+
+        model.tokenizer = load_tokenizer(tokenizer_file)
+    return model
+
+
+def _json_keys(file: Path) -> dict:
+    # transformers' fast-tokenizer tokenizer.json has no "type" at the top: not ours, ignore it
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_checked(model, state: dict, where: str) -> None:
+    """load_state_dict with errors that name the parameter and both shapes."""
+    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ToyGPTError(f"{where}: checkpoint lacks parameter(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise ToyGPTError(f"{where}: checkpoint has parameter(s) the config does not: {unexpected[:5]}")
+    for name, param in expected.items():
+        if tuple(state[name].shape) != tuple(param.shape):
+            raise ToyGPTError(
+                f"{where}: parameter {name} has shape {tuple(state[name].shape)} in the checkpoint "
+                f"but {tuple(param.shape)} in the config"
+            )
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(state[name])
+
+
+def save_pretrained(model, path) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
+    save_file(toygpt_to_hf(model), path / "model.safetensors", metadata={"format": "pt"})
+
+
+# ----------------------------------------------------------------------------------------------
+# hub names through the Hugging Face cache
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _hub_reachable() -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_hub(name: str) -> Path:
+    """Local snapshot directory of a hub repo: from the cache, else downloaded when online."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise ToyGPTError(
+            f"{name!r} is not a local directory, and loading hub names needs huggingface_hub "
+            "(pip install 'toygpt[hf]'); or pass a local model directory"
+        ) from None
+    patterns = ["config.json", "*.safetensors", "*.json"]
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    except Exception:  # an invalid repo id and the like
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        raise ToyGPTError(
+            f"model {name!r} is not in the Hugging Face cache and the hub is "
+            f"{'disabled (HF_HUB_OFFLINE)' if offline else 'unreachable (offline)'}: download it on a "
+            "connected machine (huggingface-cli download), or pass a local directory with "
+            "config.json + model.safetensors, e.g. GPT.from_pretrained('/path/to/gpt2')"
+        )
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:
+        raise ToyGPTError(f"could not download {name!r} from the Hugging Face hub: {e}") from None

@@ -1,0 +1,301 @@
+"""GPT-2 in PyTorch, on toykernels' LayerNorm and causal attention.
+
+The nanoGPT pattern (Karpathy, 2022): a dataclass config, modules named exactly as in OpenAI's
+GPT-2 checkpoint (`transformer.wte`, `h.N.attn.c_attn`, `ln_f`, ...) so the released weights load
+without a rename table (hf.py only transposes the Conv1D weights), pre-LN blocks, tanh GELU,
+GPT-2's initialization, and `lm_head` tied to `wte`.
+
+Every LayerNorm and every attention call goes through toykernels, so the fused CUDA kernels run
+on a GPU and PyTorch ops run on a CPU. Inside a block the second residual add is fused with ln_2
+(`add_layer_norm`), which keeps the state_dict keys (`h.N.ln_2.weight`) unchanged.
+
+Attention also takes a KV cache (generation.py owns it): the new keys/values are written into
+preallocated buffers in place, and the queries (Tq new positions) attend to all Tk cached
+positions with the causal mask aligned bottom-right (Tq <= Tk).
+
+`forward(idx, targets)` always returns logits for every position (as transformers does; this is
+what the equivalence tests compare). Generation uses `forward_cached`, which returns logits for
+the last position only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import toykernels
+from torch import nn
+
+from toygpt.errors import ToyGPTError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    block_size: int = 1024  # longest context (number of position embeddings)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # on embeddings and residual branches; 0.0 to match released weights
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2 (False: a bit better, faster)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ToyGPTError(f"GPTConfig: {name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ToyGPTError(
+                f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
+            )
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ToyGPTError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        self.bias = bool(self.bias)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """A named shape: gpt2 ... gpt2-xl (the released models), mygpt-char, shakespeare-char.
+
+        The char presets need vocab_size from the data: pass it as an override.
+        >>> GPTConfig.preset("shakespeare-char", vocab_size=65).n_layer
+        6
+        """
+        if name not in PRESETS:
+            raise ToyGPTError(f"unknown GPTConfig preset {name!r}; choose from {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ToyGPTError(f"GPTConfig.preset: unknown field(s) {sorted(unknown)}; fields are {sorted(fields)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    # the released GPT-2 shapes (Radford et al., 2019)
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers
+    "mygpt-char": dict(block_size=64, n_embd=128, n_head=8, n_layer=4, dropout=0.0),
+    # nanoGPT's "baby GPT" for shakespeare_char
+    "shakespeare-char": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        # q, k, v for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # NOTE: no dropout on the attention probabilities: the fused kernel has none, so dropout
+        # is applied to the residual branch only (nanoGPT applies it in both places).
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x, kv_cache=None, pos=0):
+        """x: (B, T, C). kv_cache: None or (k_buf, v_buf), each (B, nh, T_max, hs), into which
+        this call writes positions pos .. pos+T-1 and then attends to positions 0 .. pos+T-1."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k_buf, v_buf = kv_cache
+            k_buf[:, :, pos:pos + T] = k
+            v_buf[:, :, pos:pos + T] = v
+            k, v = k_buf[:, :, :pos + T], v_buf[:, :, :pos + T]  # (B, nh, pos+T, hs)
+        y = toykernels.causal_attention(q, k, v)  # (B, nh, T, hs), Tq = T <= Tk
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers)
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = toykernels.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = toykernels.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, pos=0):
+        a = self.attn(self.ln_1(x), kv_cache, pos)
+        # the residual add fused with ln_2: x <- x + a, h = ln_2(x)
+        x, h = toykernels.add_layer_norm(x, a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        return x + self.mlp(h)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ToyGPTError(f"GPT(config): expected a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=toykernels.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf, 2017), as GPT-2: the output projection is the embedding
+        self.lm_head.weight = self.transformer.wte.weight
+        self.tokenizer = None  # set by from_pretrained / the trainer; used by text generation
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since each block adds two
+        # of them to the residual stream and its variance would otherwise grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings (the token embeddings
+        count once, as lm_head: they are tied), as nanoGPT reports it."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def _check_idx(self, idx, pos=0):
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ToyGPTError(f"idx must be a (B, T) tensor of token ids, got {_describe(idx)}")
+        B, T = idx.shape
+        if T == 0:
+            raise ToyGPTError("idx is empty: need at least one token per row")
+        if pos + T > self.config.block_size:
+            raise ToyGPTError(
+                f"sequence of length {pos + T} is longer than block_size={self.config.block_size}"
+            )
+        if idx.is_cuda:
+            return  # NOTE: the range check below would sync with the GPU on every step
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ToyGPTError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+
+    def _trunk(self, idx, kv_caches=None, pos=0):
+        """Embeddings and blocks, then ln_f: (B, T) ids -> (B, T, C) hidden states."""
+        T = idx.shape[1]
+        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_caches is None else kv_caches[i], pos)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """idx: (B, T) token ids -> (logits (B, T, vocab_size), loss or None).
+
+        loss is the mean cross-entropy over positions, ignoring targets equal to -1.
+        """
+        self._check_idx(idx)
+        logits = self.lm_head(self._trunk(idx))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ToyGPTError(f"targets has shape {tuple(targets.shape)}, idx has {tuple(idx.shape)}")
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def forward_cached(self, idx, kv_caches, pos: int):
+        """Decode step: run idx (B, T) at positions pos .. pos+T-1 through the model, writing the
+        keys/values into kv_caches (one (k_buf, v_buf) per layer), and return the logits of the
+        last position only, (B, vocab_size). No input checks: generation.py makes the ids."""
+        h = self._trunk(idx, kv_caches, pos)  # (B, T, C)
+        return self.lm_head(h[:, -1, :])  # (B, vocab_size)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices (>= 2-D: Linear weights, embeddings) only;
+        biases and LayerNorm parameters are not decayed. Fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), **extra)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model FLOPs utilization vs peak_flops (default: A100 bf16), as in the PaLM paper
+        (Appendix B): 6N + 12 L H Q T FLOPs per token for forward + backward."""
+        cfg = self.config
+        N = self.num_params()
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * N + 12 * L * H * Q * T
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        return flops_per_iter / dt / peak_flops
+
+    # --- weights: transformers' format, both ways (hf.py) ------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> GPT:
+        """Load a hub name ('gpt2' ... 'gpt2-xl', or a GPT-2 repo id, via the Hugging Face cache),
+        a local directory in transformers' format (safetensors or .bin), or a toygpt checkpoint
+        directory (the same, plus an optional tokenizer.json that becomes model.tokenizer).
+        kwargs override config fields that do not change shapes (e.g. dropout=0.1)."""
+        from toygpt import hf
+
+        return hf.from_pretrained(cls, name_or_path, **kwargs)
+
+    def save_pretrained(self, path) -> None:
+        """Write config.json + model.safetensors that transformers.GPT2LMHeadModel loads."""
+        from toygpt import hf
+
+        hf.save_pretrained(self, path)
+
+    # --- generation (generation.py) -------------------------------------------------------
+
+    def generate(self, idx=None, max_new_tokens=None, temperature=1.0, top_k=None, **kwargs):
+        """Two forms, one implementation (see toygpt.generation.generate):
+
+        - nanoGPT's tensor form: `generate(idx, max_new_tokens, temperature=1.0, top_k=None)`
+          returns the (B, T + new) tensor of ids;
+        - text streaming: `generate(prompt='Hello', ...)` yields decoded str pieces as they come.
+        """
+        from toygpt import generation
+
+        return generation.generate(
+            self, idx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, **kwargs
+        )
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__}"

@@ -1,0 +1,97 @@
+"""`toygpt prepare`: tokenize a text once into train.bin / val.bin for the trainer.
+
+Like nanoGPT's data/*/prepare.py scripts, folded into one command: the text's first
+(1 - val_fraction) of tokens go to train.bin, the rest to val.bin, as uint16 when the vocabulary
+fits (2 bytes a token) and uint32 otherwise. meta.json records the tokenizer, the token counts and
+the source's sha256; the tokenizer itself is saved as tokenizer.json beside them, so the trainer
+and every checkpoint know how to turn ids back into text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from toygpt.data import fetch, sha256_of
+from toygpt.errors import ToyGPTError
+from toygpt.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
+
+
+def make_tokenizer(spec: str, text: str) -> Tokenizer:
+    """`char`, `gpt2` or `bpe:VOCAB` (train a byte-level BPE of VOCAB ids on the text)."""
+    if spec == "char":
+        return CharTokenizer.from_text(text)
+    if spec == "gpt2":
+        return GPT2Tokenizer()
+    if spec.startswith("bpe:"):
+        try:
+            vocab_size = int(spec[4:])
+        except ValueError:
+            raise ToyGPTError(f"--tokenizer {spec!r}: the vocabulary size after 'bpe:' must be an integer") from None
+        if vocab_size <= 256:
+            raise ToyGPTError(f"--tokenizer {spec!r}: a byte-level BPE needs more than 256 ids")
+        return BPETokenizer.train(text, vocab_size)
+    raise ToyGPTError(f"unknown --tokenizer {spec!r}; use char, gpt2 or bpe:VOCAB (e.g. bpe:1024)")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1) -> dict:
+    """Tokenize `text_path` into `out_dir`; returns the meta dict written to meta.json."""
+    text_path, out_dir = Path(text_path), Path(out_dir)
+    if not 0.0 < val_fraction < 1.0:
+        raise ToyGPTError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if not text_path.is_file():
+        raise ToyGPTError(f"input file {text_path} not found")
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ToyGPTError(f"input file {text_path} is not UTF-8 text ({e})") from None
+    tok = make_tokenizer(tokenizer, text)
+    ids = np.array(tok.encode(text), dtype=np.int64)
+    n_val = int(len(ids) * val_fraction)
+    if n_val < 2 or len(ids) - n_val < 2:
+        raise ToyGPTError(f"input file {text_path} is too short: {len(ids)} tokens cannot be split "
+                          f"into train and val with --val-fraction {val_fraction}")
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    meta = {
+        "tokenizer": tok.name,
+        "vocab_size": tok.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": int(len(train)),
+        "val_tokens": int(len(val)),
+        "source": str(text_path),
+        "source_sha256": sha256_of(text_path),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "train.bin", train.astype(dtype).tobytes())
+    _write_atomic(out_dir / "val.bin", val.astype(dtype).tobytes())
+    tok.save(out_dir / "tokenizer.json")
+    # meta.json last: a directory with meta.json is a complete one
+    _write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="FILE", help="a local UTF-8 text file")
+    source.add_argument("--dataset", metavar="NAME", help="a registered dataset to download (shakespeare)")
+    parser.add_argument("--tokenizer", default="char", help="char, gpt2 or bpe:VOCAB")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens for val.bin")
+
+
+def run(args: argparse.Namespace) -> None:
+    text_path = Path(args.input) if args.input else fetch(args.dataset)
+    meta = prepare(text_path, args.tokenizer, args.out, args.val_fraction)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+          f"({meta['tokenizer']} tokenizer, {meta['vocab_size']} ids, {meta['dtype']})")

@@ -1,0 +1,187 @@
+"""toygrad-train-gpt: train a character-level GPT on a text file with toygrad's own backward pass.
+
+The default shape is `mygpt-char` (context 64, 128 channels, 8 heads, 4 layers, batch 16):
+
+    toygrad-train-gpt ../shared/data/tinyshakespeare/input.txt --steps 300
+
+`--compare torch` (or `--compare toygpt`, when toygpt's GPT is installed) trains a
+torch.autograd model side by side from the SAME initial weights on the SAME batches, with
+torch.optim.AdamW, and prints both losses per step: the curves should agree to within float
+round-off drift, which is the end-to-end check that every backward rule is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from toygrad.tensor import no_grad
+from toygrad.tensor.nn import GPT, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300  # optimizer steps
+    batch_size: int = 16
+    block_size: int = 64  # context length
+    n_layer: int = 4
+    n_head: int = 8
+    n_embd: int = 128
+    dropout: float = 0.0
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta2: float = 0.99  # nanoGPT's shakespeare-char setting: few tokens per step
+    eval_interval: int = 100  # estimate train/val loss every this many steps (0: never)
+    eval_iters: int = 20
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"  # or bfloat16 (the whole model, not autocast)
+
+
+class CharData:
+    """A text file as character ids (sorted unique characters, as nanoGPT's shakespeare_char),
+    split 90/10 into train/val, with batches drawn from a seeded generator."""
+
+    def __init__(self, path, seed: int):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training text not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if len(text) < 2:
+            raise ValueError(f"{path} is too short to train on ({len(text)} characters)")
+        self.chars = sorted(set(text))
+        stoi = {c: i for i, c in enumerate(self.chars)}
+        ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+        n = int(0.9 * len(ids))
+        self.split = {"train": ids[:n], "val": ids[n:]}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def batch(self, split: str, batch_size: int, block_size: int):
+        data = self.split[split]
+        if len(data) <= block_size:
+            raise ValueError(f"{split} split has {len(data)} characters, need more than block_size {block_size}")
+        ix = torch.randint(len(data) - block_size, (batch_size,), generator=self.generator)
+        x = torch.stack([data[i : i + block_size] for i in ix])  # (B, T)
+        y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])  # (B, T): next characters
+        return x, y
+
+
+def _torch_model(kind: str, model_config: GPTConfig):
+    if kind == "torch":
+        from toygrad.tensor.reference import TorchGPT
+
+        return TorchGPT(model_config)
+    try:
+        from toygpt.model import GPT as ToyGPT
+        from toygpt.model import GPTConfig as ToyGPTConfig
+    except ImportError as e:
+        raise SystemExit(f"toygrad-train-gpt: --compare toygpt needs toygpt's GPT model: {e}") from None
+    return ToyGPT(ToyGPTConfig(**{f.name: getattr(model_config, f.name) for f in fields(GPTConfig)}))
+
+
+def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) -> list[dict]:
+    """Train and return one record per step: {"step", "loss", "ref_loss" (with compare), "ms"}."""
+    torch.manual_seed(cfg.seed)
+    data = CharData(data_path, cfg.seed)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    mc = GPTConfig(block_size=cfg.block_size, vocab_size=data.vocab_size, n_layer=cfg.n_layer,
+                   n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+    model = GPT(mc).to(device=cfg.device, dtype=dtype)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas=(0.9, cfg.beta2))
+    ref = ref_optimizer = None
+    if compare:
+        ref = _torch_model(compare, mc).to(device=cfg.device, dtype=dtype)
+        ref.load_state_dict(model.state_dict(), strict=False)  # the same initial weights
+        decay = [p for p in ref.parameters() if p.dim() >= 2]
+        no_decay = [p for p in ref.parameters() if p.dim() < 2]
+        ref_optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, cfg.beta2),
+        )
+    log(f"toygrad GPT: {model.num_params() / 1e6:.2f}M parameters, vocab {data.vocab_size}, "
+        f"{cfg.steps} steps of {cfg.batch_size}x{cfg.block_size} tokens on {cfg.device} ({cfg.dtype})")
+
+    history = []
+    for step in range(1, cfg.steps + 1):
+        x, y = data.batch("train", cfg.batch_size, cfg.block_size)
+        x, y = x.to(cfg.device), y.to(cfg.device)
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        record = {"step": step, "loss": loss.item(), "ms": 1000 * (time.perf_counter() - t0)}
+        if ref is not None:
+            _, ref_loss = ref(x, y)
+            ref_optimizer.zero_grad(set_to_none=True)
+            ref_loss.backward()
+            ref_optimizer.step()
+            record["ref_loss"] = ref_loss.item()
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"loss became {record['loss']} at step {step}")
+        history.append(record)
+        if step == 1 or step % 10 == 0 or step == cfg.steps:
+            extra = f"  {compare} {record['ref_loss']:.4f}" if ref is not None else ""
+            log(f"step {step:5d}  loss {record['loss']:.4f}{extra}  {record['ms']:.0f} ms")
+        if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
+            losses = estimate_loss(model, data, cfg)
+            log(f"step {step:5d}  train {losses['train']:.4f}  val {losses['val']:.4f}")
+    return history
+
+
+def estimate_loss(model: GPT, data: CharData, cfg: TrainConfig) -> dict:
+    model.eval()
+    out = {}
+    with no_grad():
+        for split in ("train", "val"):
+            losses = []
+            for _ in range(cfg.eval_iters):
+                x, y = data.batch(split, cfg.batch_size, cfg.block_size)
+                losses.append(model(x.to(cfg.device), y.to(cfg.device))[1].item())
+            out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="toygrad-train-gpt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="a UTF-8 text file, e.g. tinyshakespeare/input.txt")
+    for f in fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    parser.add_argument("--compare", choices=["torch", "toygpt"], help="train a torch.autograd model alongside")
+    parser.add_argument("--csv", help="write step, loss (, ref_loss), ms to this CSV file")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if cfg.dtype not in ("float32", "bfloat16"):
+        parser.error(f"--dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    try:
+        history = train(cfg, args.data, compare=args.compare)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"toygrad-train-gpt: error: {e}", file=sys.stderr)
+        return 2
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    if args.compare:
+        diffs = [abs(r["loss"] - r["ref_loss"]) for r in history]
+        print(f"max |loss - {args.compare} loss| over {len(diffs)} steps: {max(diffs):.2e} "
+              f"(last 50 steps mean: toygrad {sum(r['loss'] for r in history[-50:]) / len(history[-50:]):.4f}, "
+              f"{args.compare} {sum(r['ref_loss'] for r in history[-50:]) / len(history[-50:]):.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Shared helpers for the toykernels tests: the CUDA skip rule and the nvcc compile check.
+
+With --import-mode=importlib these are fixtures (not an importable module).
+Tests that need a GPU are marked `@pytest.mark.cuda`; here they are skipped, with the reason,
+when torch has no usable CUDA device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import toykernels
+
+CSRC = Path(toykernels.__file__).resolve().parent / "csrc"
+HERE = Path(__file__).resolve().parent
+NO_CUDA_REASON = (
+    "needs an NVIDIA GPU and a CUDA build of torch "
+    f"(torch {torch.__version__}, torch.cuda.is_available() is False)"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if "cuda" in item.keywords and HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+def find_nvcc() -> str | None:
+    """nvcc from $CUDA_HOME/bin, else the PATH."""
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and (Path(cuda_home) / "bin" / "nvcc").is_file():
+        return str(Path(cuda_home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+@pytest.fixture(scope="session")
+def nvcc_path() -> str:
+    """The nvcc executable; skips the test when there is none."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found on the PATH or in $CUDA_HOME/bin")
+    return nvcc
+
+
+@pytest.fixture(scope="session")
+def nvcc_compile(nvcc_path, tmp_path_factory):
+    """compile(name) compiles csrc/<name> with nvcc for sm_80 and sm_90; fails with nvcc's output.
+
+    One nvcc run builds both archs (--threads 2 compiles them side by side). Skips only
+    when no nvcc is found at all.
+    """
+    nvcc = nvcc_path
+    out_dir = tmp_path_factory.mktemp("nvcc")
+
+    def compile(name: str) -> Path:
+        source = CSRC / name
+        obj = out_dir / (source.stem + ".o")
+        cmd = [
+            nvcc, "-std=c++17", "-O3", "--threads", "2", "-I", str(CSRC),
+            # the half/bf16 restrictions torch's extension builds compile .cu files with
+            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+            "--expt-relaxed-constexpr",
+            "-gencode", "arch=compute_80,code=sm_80",
+            "-gencode", "arch=compute_90,code=sm_90",
+            "-c", str(source), "-o", str(obj),
+        ]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, f"nvcc failed on {source}:\n{result.stdout}\n{result.stderr}"
+        return obj
+
+    return compile

@@ -1,0 +1,43 @@
+"""Shared toygpt test helpers: small random transformers GPT-2 checkpoints, tiny toygpt models."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def make_hf_checkpoint(tmp_path):
+    """make_hf_checkpoint(n_layer=, n_head=, n_embd=, vocab_size=, n_positions=, seed=, **kw)
+    -> (directory, GPT2LMHeadModel in eval mode): a random GPT-2 saved by transformers."""
+    transformers = pytest.importorskip("transformers")
+    counter = iter(range(1000))
+
+    def make(n_layer=2, n_head=3, n_embd=48, vocab_size=101, n_positions=37, seed=0, safe=True, **kw):
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
+            n_positions=n_positions, **kw,
+        )
+        model = transformers.GPT2LMHeadModel(config).eval()
+        with torch.no_grad():  # biases and LayerNorm parameters start at 0 / 1: make them random
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.add_(0.1 * torch.randn_like(p))
+        path = tmp_path / f"hf{next(counter)}"
+        model.save_pretrained(path, safe_serialization=safe)
+        return path, model
+
+    return make
+
+
+@pytest.fixture
+def tiny_gpt():
+    """tiny_gpt(vocab_size=..., block_size=..., seed=...) -> a small random toygpt GPT, eval mode."""
+    from toygpt import GPT, GPTConfig
+
+    def make(vocab_size=101, block_size=32, n_layer=2, n_head=2, n_embd=32, seed=0, **kw):
+        torch.manual_seed(seed)
+        config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                           n_head=n_head, n_embd=n_embd, **kw)
+        return GPT(config).eval()
+
+    return make

@@ -1,0 +1,183 @@
+"""Generation: KV cache vs none vs transformers (greedy, token-identical), sampling options,
+streaming text (UTF-8 split across tokens, stop strings, end-of-text), and bad input."""
+
+import pytest
+import torch
+from toygpt import GPT
+from toygpt.errors import ToyGPTError
+from toygpt.generation import Sampler, TextStream
+
+
+def test_greedy_cache_matches_no_cache_and_transformers(make_hf_checkpoint):
+    path, hf = make_hf_checkpoint(n_layer=2, n_head=3, n_embd=48, vocab_size=101, n_positions=37)
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 101, (3, 6))
+    cached = model.generate(idx, 31, greedy=True)
+    uncached = model.generate(idx, 31, greedy=True, use_cache=False)
+    with torch.no_grad():
+        ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=31,
+                          min_new_tokens=31, do_sample=False, pad_token_id=0)
+    assert cached.shape == (3, 37)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, ref)
+
+
+def test_context_slides_past_block_size(tiny_gpt):
+    model = tiny_gpt(vocab_size=53, block_size=8)
+    idx = torch.randint(0, 53, (2, 5))
+    cached = model.generate(idx, 20, greedy=True)
+    uncached = model.generate(idx, 20, greedy=True, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # each new token is the argmax given the last block_size tokens (nanoGPT's crop)
+    with torch.no_grad():
+        for t in range(5, 25):
+            logits, _ = model(cached[:, max(0, t - 8):t])
+            assert torch.equal(logits[:, -1].argmax(-1), cached[:, t])
+
+
+def test_long_prompt_is_cropped(tiny_gpt):
+    model = tiny_gpt(vocab_size=53, block_size=8)
+    idx = torch.randint(0, 53, (1, 13))
+    out = model.generate(idx, 4, greedy=True)
+    assert torch.equal(out[:, :13], idx)
+    assert torch.equal(out[:, 13:], model.generate(idx[:, -8:], 4, greedy=True)[:, 8:])
+
+
+def test_batch_rows_match_single_rows(tiny_gpt):
+    model = tiny_gpt()
+    idx = torch.randint(0, 101, (4, 7))
+    batch = model.generate(idx, 12, greedy=True)
+    for row in range(4):
+        assert torch.equal(batch[row:row + 1], model.generate(idx[row:row + 1], 12, greedy=True))
+
+
+def test_seed_top_k_top_p(tiny_gpt):
+    model = tiny_gpt()
+    idx = torch.randint(0, 101, (2, 3))
+    a = model.generate(idx, 20, temperature=1.5, seed=7)
+    assert torch.equal(a, model.generate(idx, 20, temperature=1.5, seed=7))
+    assert not torch.equal(a, model.generate(idx, 20, temperature=1.5, seed=8))
+    greedy = model.generate(idx, 20, greedy=True)
+    assert torch.equal(model.generate(idx, 20, temperature=0), greedy)
+    assert torch.equal(model.generate(idx, 20, sampling=False), greedy)
+    assert torch.equal(model.generate(idx, 20, top_k=1, seed=1), greedy)
+    assert torch.equal(model.generate(idx, 20, top_p=1e-6, seed=1), greedy)
+    assert model.training is False
+    model.train()
+    model.generate(idx, 2)
+    assert model.training is True  # generate runs in eval mode and restores the mode
+
+
+def test_sampler_distribution_top_k_top_p():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 10).expand(4000, 10)  # 4000 draws from one distribution
+    probs = torch.softmax(logits[0].double(), -1)
+    order = probs.argsort(descending=True)
+
+    draws = Sampler(1.0, 3, None, False, seed=0, device="cpu")(logits)
+    top3 = probs[order[:3]] / probs[order[:3]].sum()
+    freq = torch.bincount(draws, minlength=10).double() / len(draws)
+    assert set(draws.tolist()) <= set(order[:3].tolist())
+    torch.testing.assert_close(freq[order[:3]], top3, atol=0.04, rtol=0)
+
+    # nucleus: the smallest prefix of the sorted tokens whose mass reaches top_p
+    top_p = float(probs[order[:4]].sum()) - 1e-3
+    draws = Sampler(1.0, None, top_p, False, seed=0, device="cpu")(logits)
+    assert set(draws.tolist()) == set(order[:4].tolist())
+
+    draws = Sampler(0.5, None, None, False, seed=0, device="cpu")(logits)
+    sharp = torch.softmax(logits[0].double() / 0.5, -1)
+    freq = torch.bincount(draws, minlength=10).double() / len(draws)
+    torch.testing.assert_close(freq, sharp, atol=0.04, rtol=0)
+
+
+def test_text_stream_utf8_split_across_tokens(gpt2_vocab_dir):
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    tok = GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)
+    text = "héllo 世界 🙂 naïve – ok"
+    ids = tok.encode(text)
+    assert any(b"\xef\xbf\xbd" in tok.decode(i).encode() for i in ([t] for t in ids))  # split chars exist
+    stream = TextStream(tok, [])
+    pieces = [stream.push(t, tok.eot_id) for t in ids] + [stream.finish()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_text_stream_stop_strings():
+    class Bytes:  # a byte-level tokenizer: token i is byte i (the real interface, nothing mocked out)
+        def decode_bytes(self, ids):
+            return bytes(ids)
+
+    text = "one two STOP three"
+    stream = TextStream(Bytes(), ["STOP", "xyz"])
+    pieces = [stream.push(b, None) for b in text.encode()]
+    assert "".join(pieces) + stream.finish() == "one two "
+    assert stream.done
+
+
+def test_text_form_matches_tensor_form(gpt2_vocab_dir, tiny_gpt):
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    model = tiny_gpt(vocab_size=50257)
+    model.tokenizer = tok = GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)
+    prompt = "Hello world how are"
+    text = "".join(model.generate(prompt=prompt, max_new_tokens=25, seed=3, stop_at_eot=False))
+    idx = torch.tensor([tok.encode(prompt)])
+    ids = model.generate(idx, 25, seed=3)[0, idx.shape[1]:].tolist()
+    assert text == tok.decode(ids)
+    # a stop string cuts the stream where it first appears
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    cut = "".join(model.generate(prompt=prompt, max_new_tokens=25, seed=3, stop=stop, stop_at_eot=False))
+    assert cut == text[:text.index(stop)]
+    # a batch of prompts of different lengths: one piece per prompt per step
+    prompts = [prompt, "A", "Hi there"]
+    rows = ["", "", ""]
+    for pieces in model.generate(prompt=prompts, max_new_tokens=6, greedy=True):
+        rows = [r + p for r, p in zip(rows, pieces)]
+    assert rows == ["".join(model.generate(prompt=p, max_new_tokens=6, greedy=True)) for p in prompts]
+
+
+def test_end_of_text_stops_and_empty_prompt_starts_from_it(gpt2_vocab_dir, tiny_gpt):
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    model = tiny_gpt(vocab_size=50257)
+    model.tokenizer = GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)
+    eot = 50256
+    with torch.no_grad():  # make <|endoftext|> the greedy choice after any input
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[eot] * 10)
+    assert list(model.generate(prompt="Hello", greedy=True)) == []
+    idx = torch.tensor([[15496, 995]])
+    assert model.generate(idx, 5, greedy=True, stop_at_eot=True).tolist() == [[15496, 995, eot]]
+    assert model.generate(idx, 5, greedy=True).tolist() == [[15496, 995] + [eot] * 5]
+
+    model = tiny_gpt(vocab_size=50257)
+    model.tokenizer = GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)
+    text = "".join(model.generate(prompt="", max_new_tokens=5, greedy=True, stop_at_eot=False))
+    ids = model.generate(torch.tensor([[eot]]), 5, greedy=True)[0, 1:].tolist()
+    assert text == model.tokenizer.decode(ids)
+
+
+def test_bad_input(tiny_gpt):
+    from toygpt.tokenizers import CharTokenizer
+
+    model = tiny_gpt(vocab_size=11)
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ToyGPTError, match="temperature.*-1"):
+        model.generate(idx, 3, temperature=-1)
+    with pytest.raises(ToyGPTError, match="top_k.*0"):
+        model.generate(idx, 3, top_k=0)
+    for top_p in (0, 1.5):
+        with pytest.raises(ToyGPTError, match=f"top_p.*{top_p}"):
+            model.generate(idx, 3, top_p=top_p)
+    with pytest.raises(ToyGPTError, match="token id 11 is outside the vocabulary"):
+        model.generate(torch.tensor([[3, 11]]), 3)
+    with pytest.raises(ToyGPTError, match="token id -1 is outside"):
+        model(torch.tensor([[3, -1]]))
+    with pytest.raises(ToyGPTError, match="has no tokenizer"):
+        model.generate(prompt="hi")
+    model.tokenizer = CharTokenizer.from_text("abcdefghij")
+    with pytest.raises(ToyGPTError, match="empty prompt.*'char' tokenizer has no end-of-text"):
+        model.generate(prompt="")
+    assert len("".join(model.generate(prompt="abc", max_new_tokens=7, seed=0))) == 7

@@ -1,0 +1,147 @@
+"""GPTConfig presets, GPT's parameters, initialization, loss, gradients and optimizer groups."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from toygpt import GPT, GPTConfig
+from toygpt.errors import ToyGPTError
+
+# parameter counts of the released checkpoints (wte, wpe, blocks, ln_f; lm_head is tied)
+RELEASED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
+            "gpt2-xl": 1_557_611_200}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_shapes(name):
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPT(GPTConfig.preset(name))
+    assert model.num_params(non_embedding=False) == RELEASED[name]
+
+
+def test_char_presets():
+    mygpt = GPTConfig.preset("mygpt-char", vocab_size=65)
+    assert (mygpt.block_size, mygpt.n_embd, mygpt.n_head, mygpt.n_layer) == (64, 128, 8, 4)
+    baby = GPTConfig.preset("shakespeare-char", vocab_size=65)
+    assert (baby.n_layer, baby.n_head, baby.n_embd, baby.block_size, baby.dropout) == (6, 6, 384, 256, 0.2)
+    assert GPTConfig.preset("gpt2", dropout=0.1).dropout == 0.1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_embd=50, n_head=3), "n_embd=50 is not divisible by n_head=3"),
+    (dict(vocab_size=0), "vocab_size must be a positive int, got 0"),
+    (dict(dropout=1.0), "dropout must be in"),
+])
+def test_config_errors(kwargs, message):
+    with pytest.raises(ToyGPTError, match=message):
+        GPTConfig(**kwargs)
+
+
+def test_preset_errors():
+    with pytest.raises(ToyGPTError, match="unknown GPTConfig preset 'gpt3'"):
+        GPTConfig.preset("gpt3")
+    with pytest.raises(ToyGPTError, match="unknown field.*n_embed"):
+        GPTConfig.preset("gpt2", n_embed=5)
+
+
+def test_initialization_statistics():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=2000, block_size=64, n_layer=8, n_head=4, n_embd=256))
+    sd = model.state_dict()
+    assert sd["transformer.wte.weight"].std().item() == pytest.approx(0.02, rel=0.05)
+    assert sd["transformer.h.0.attn.c_attn.weight"].std().item() == pytest.approx(0.02, rel=0.05)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    for name in ("transformer.h.3.attn.c_proj.weight", "transformer.h.5.mlp.c_proj.weight"):
+        assert sd[name].std().item() == pytest.approx(residual_std, rel=0.05)
+    assert torch.all(sd["transformer.h.0.mlp.c_fc.bias"] == 0)
+    assert torch.all(sd["transformer.ln_f.weight"] == 1)
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def reference_forward(model, idx):
+    """The same GPT written with torch's own ops in float64: nn.LayerNorm math, explicit
+    masked softmax attention, and the unfused residual adds."""
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    cfg = model.config
+    B, T = idx.shape
+    C, nh = cfg.n_embd, cfg.n_head
+
+    def ln(x, name):
+        return F.layer_norm(x, (C,), sd[name + ".weight"], sd.get(name + ".bias"), 1e-5)
+
+    def linear(x, name):
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        q, k, v = linear(ln(x, p + "ln_1"), p + "attn.c_attn").split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // nh)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + linear(y, p + "attn.c_proj")
+        h = F.gelu(linear(ln(x, p + "ln_2"), p + "mlp.c_fc"), approximate="tanh")
+        x = x + linear(h, p + "mlp.c_proj")
+    return ln(x, "transformer.ln_f") @ sd["transformer.wte.weight"].T
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_loss_against_float64_reference(bias):
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=89, block_size=29, n_layer=3, n_head=3, n_embd=36, bias=bias)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    idx = torch.randint(0, 89, (2, 29))
+    targets = torch.randint(0, 89, (2, 29))
+    targets[0, :5] = -1  # ignored positions
+    logits, loss = model(idx, targets)
+    ref = reference_forward(model, idx)
+    torch.testing.assert_close(logits.double(), ref, atol=1e-5, rtol=0)
+    ref_loss = F.cross_entropy(ref.view(-1, 89), targets.view(-1), ignore_index=-1)
+    torch.testing.assert_close(loss.double(), ref_loss, atol=1e-5, rtol=0)
+    _, no_loss = model(idx)
+    assert no_loss is None
+
+
+def test_gradients_against_float64_reference():
+    torch.manual_seed(4)
+    model = GPT(GPTConfig(vocab_size=41, block_size=13, n_layer=2, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(0, 41, (3, 13))
+    targets = torch.randint(0, 41, (3, 13))
+    _, loss = model(idx, targets)
+    loss.backward()
+    ref = GPT(model.config).double().eval()
+    ref.load_state_dict(model.state_dict())
+    _, ref_loss = ref(idx, targets)  # float64 through the same modules: toykernels' fp64 path
+    ref_loss.backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad.double(), ref_grads[name].grad, atol=2e-5, rtol=1e-3)
+
+
+def test_forward_input_errors(tiny_gpt):
+    model = tiny_gpt(vocab_size=11, block_size=8)
+    with pytest.raises(ToyGPTError, match="longer than block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ToyGPTError, match="token id 11 is outside the vocabulary"):
+        model(torch.tensor([[1, 11]]))
+    with pytest.raises(ToyGPTError, match=r"\(B, T\) tensor"):
+        model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ToyGPTError, match="targets has shape"):
+        model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_configure_optimizers_decays_matrices_only(tiny_gpt):
+    model = tiny_gpt()
+    opt = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params(non_embedding=False)

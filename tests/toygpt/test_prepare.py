@@ -1,0 +1,119 @@
+"""toygpt prepare and the dataset registry: token files vs the tokenizer, sha256, cache, offline."""
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+from toygpt import data
+from toygpt.errors import ToyGPTError
+from toygpt.prepare import prepare
+from toygpt.tokenizers import CharTokenizer, load_tokenizer
+from toygpt.tokenizers.gpt2 import ENV_VAR
+
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n" for i in range(200))
+
+
+def test_prepare_char_writes_the_tokens_of_the_text(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT)
+    meta = prepare(src, "char", tmp_path / "out", val_fraction=0.25)
+    ids = CharTokenizer.from_text(TEXT).encode(TEXT)  # the reference tokenization
+    train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
+    assert train.tolist() + val.tolist() == ids
+    assert len(val) == int(len(ids) * 0.25)
+    on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert on_disk == meta
+    assert meta["source_sha256"] == hashlib.sha256(TEXT.encode()).hexdigest()
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(set(TEXT))
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    assert tok.decode(train.tolist()) + tok.decode(val.tolist()) == TEXT
+
+
+def test_prepare_gpt2_writes_gpt2_ids(tmp_path, gpt2_vocab_dir, monkeypatch):
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    monkeypatch.setenv(ENV_VAR, str(gpt2_vocab_dir))
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT)
+    meta = prepare(src, "gpt2", tmp_path / "out")
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 50257  # 50257 ids fit in 16 bits
+    ids = np.concatenate([np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert ids.tolist() == GPT2Tokenizer(gpt2_vocab_dir).encode(TEXT)
+
+
+@pytest.mark.parametrize("spec, match", [("words", "unknown --tokenizer"), ("bpe:x", "integer"),
+                                         ("bpe:100", "more than 256")])
+def test_prepare_rejects_bad_tokenizer_specs(tmp_path, spec, match):
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT)
+    with pytest.raises(ToyGPTError, match=match):
+        prepare(src, spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_prepare_errors_name_the_file(tmp_path):
+    with pytest.raises(ToyGPTError, match="nope.txt"):
+        prepare(tmp_path / "nope.txt", "char", tmp_path / "out")
+    (tmp_path / "short.txt").write_text("ab")
+    with pytest.raises(ToyGPTError, match="short.txt is too short"):
+        prepare(tmp_path / "short.txt", "char", tmp_path / "out")
+    with pytest.raises(ToyGPTError, match="val-fraction"):
+        prepare(tmp_path / "short.txt", "char", tmp_path / "out", val_fraction=1.5)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server serving tmp_path/www; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", www
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_downloads_checks_sha256_and_caches(http_server, tmp_path, monkeypatch):
+    base, www = http_server
+    monkeypatch.setenv("TOYGPT_CACHE", str(tmp_path / "cache"))
+    (www / "t.txt").write_text(TEXT)
+    good = {"t": data.RemoteText(f"{base}/t.txt", hashlib.sha256(TEXT.encode()).hexdigest(), "t.txt")}
+    path = data.fetch("t", good, timeout=5)
+    assert path.read_text() == TEXT and path.parent == tmp_path / "cache" / "datasets"
+    (www / "t.txt").unlink()  # the cache answers now, without the server's file
+    assert data.fetch("t", good, timeout=5) == path
+
+    (www / "u.txt").write_text(TEXT + "tampered")
+    bad = {"u": data.RemoteText(f"{base}/u.txt", good["t"].sha256, "u.txt")}
+    with pytest.raises(ToyGPTError, match="sha256"):
+        data.fetch("u", bad, timeout=5)
+    assert list((tmp_path / "cache" / "datasets").iterdir()) == [path]  # no partial file left
+
+
+def test_fetch_offline_fails_at_once_suggesting_input(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setenv("TOYGPT_CACHE", str(tmp_path / "cache"))
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reg = {"x": data.RemoteText(f"http://127.0.0.1:{port}/x.txt", "0" * 64, "x.txt")}
+    t0 = time.perf_counter()
+    with pytest.raises(ToyGPTError, match="--input FILE"):
+        data.fetch("x", reg, timeout=2)
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(ToyGPTError, match="unknown dataset 'nope'.*shakespeare"):
+        data.fetch("nope")
+
+
+def test_registry_sha256_matches_the_shared_copy(shakespeare_path):
+    assert data.sha256_of(shakespeare_path) == data.DATASETS["shakespeare"].sha256

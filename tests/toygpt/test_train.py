@@ -1,0 +1,233 @@
+"""The trainer: schedule, flags, exact resume, NaN stop, checkpoints, and the CLI's bad-input errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from toygpt import checkpoint, cli
+from toygpt.errors import ToyGPTError
+from toygpt.prepare import prepare
+from toygpt.train import TrainConfig, get_lr, make_config, train
+
+TEXT = "".join(f"{i} To be, or not to be, that is the question: {i * 31 % 17}\n" for i in range(120))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT)
+    prepare(src, "char", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def tiny(data_dir, out, **kw):
+    """A 1-layer, 16-channel GPT: seconds per run on a CPU."""
+    settings = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.1, batch_size=4,
+                    max_iters=6, eval_interval=3, eval_iters=2, sample_tokens=5, warmup_iters=2,
+                    decay_lr=True, learning_rate=3e-3, data=str(data_dir), out=str(out),
+                    progress=False, device="cpu")
+    return make_config("mygpt-char", **{**settings, **kw})
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, max_iters=200)
+    lrs = [get_lr(s, cfg) for s in range(200)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # warmup rises
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))
+    assert lrs[150] == 0.1
+    assert get_lr(5, TrainConfig(decay_lr=False, learning_rate=0.3)) == 0.3
+
+
+def test_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "-h"])
+    out = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in out
+    assert "(default: 0.95)" in out  # beta2's dataclass default
+
+
+def test_flags_override_the_preset_which_overrides_defaults():
+    args = cli.build_parser().parse_args(["train", "--preset", "shakespeare-char", "--n-layer", "2",
+                                          "--beta2", "0.95", "--no-decay-lr"])
+    from toygpt.train import config_from_args
+
+    cfg = config_from_args(args)
+    assert (cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.dropout) == (2, 384, 256, 0.2)
+    assert cfg.beta2 == 0.95  # given explicitly, though equal to the dataclass default
+    assert cfg.decay_lr is False and cfg.warmup_iters == 100
+    with pytest.raises(ToyGPTError, match="unknown preset 'gpt5'"):
+        make_config("gpt5")
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+    # lr_decay_iters fixed: the first half's schedule is the 6-step run's, though it stops at 3
+    full = train(tiny(data_dir, tmp_path / "full", max_iters=6, lr_decay_iters=6))
+    half_cfg = tiny(data_dir, tmp_path / "split", max_iters=6, lr_decay_iters=6)
+    first = train(TrainConfig(**{**half_cfg.__dict__, "max_iters": 3}))
+    second = train(TrainConfig(**{**half_cfg.__dict__, "resume": True}))
+    assert len(first["losses"]) == 3 and len(second["losses"]) == 3
+    assert first["losses"] + second["losses"] == full["losses"]  # bit-identical on CPU
+    for a, b in zip(full["model"].parameters(), second["model"].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "split" / "loss.png").stat().st_size > 1000
+
+
+def test_checkpoint_loads_with_from_pretrained(data_dir, tmp_path):
+    from toygpt import GPT
+
+    result = train(tiny(data_dir, tmp_path / "run", max_iters=3, dropout=0.0))
+    model = GPT.from_pretrained(tmp_path / "run" / "ckpt").eval()
+    x = torch.randint(0, result["model"].config.vocab_size, (2, 8))
+    result["model"].eval()
+    torch.testing.assert_close(model(x)[0], result["model"](x)[0])
+    assert model.tokenizer.decode(model.tokenizer.encode("To be")) == "To be"
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path / "run", max_iters=3, eval_interval=1)
+    train(cfg)
+    before = (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes()
+    with pytest.raises(ToyGPTError, match=r"loss is nan at step 5.*last good checkpoint"):
+        train(TrainConfig(**{**cfg.__dict__, "resume": True, "max_iters": 6}),
+              batches=PoisonAt(cfg, data_dir, step=4))
+    assert (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes() != before  # step 4 saved
+    assert checkpoint.load_state(tmp_path / "run" / "ckpt")["step"] == 4
+
+
+class PoisonAt:
+    """The real batches, except that step `step` (0-based) has a NaN loss: its targets are all
+    ignored, so the mean cross-entropy is 0/0."""
+
+    def __init__(self, cfg, data_dir, step):
+        from toygpt.train import TokenBatches
+
+        self.inner, self.step = TokenBatches(data_dir, cfg), step
+        self.tokenizer, self.vocab_size = self.inner.tokenizer, self.inner.vocab_size
+
+    def check(self, *a):
+        self.inner.check(*a)
+
+    def eval_batch(self, *a):
+        return self.inner.eval_batch(*a)
+
+    def train_batch(self, step, micro_step, block_size, device):
+        x, y = self.inner.train_batch(step, micro_step, block_size, device)
+        return x, (torch.full_like(y, -1) if step == self.step else y)
+
+
+def test_atomic_save_survives_a_crash_mid_save(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path / "run", max_iters=3)
+    train(cfg)
+    ckpt = tmp_path / "run" / "ckpt"
+    before = {f.name: f.read_bytes() for f in ckpt.iterdir()}
+
+    def crash(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)  # dies after the weights are written
+    with pytest.raises(OSError, match="disk full"):
+        train(TrainConfig(**{**cfg.__dict__, "resume": True, "max_iters": 6}))
+    assert {f.name: f.read_bytes() for f in ckpt.iterdir()} == before
+    monkeypatch.undo()
+    # a crash between the two renames leaves the old checkpoint aside; it is still found
+    ckpt.rename(tmp_path / "run" / ".ckpt.old")
+    assert checkpoint.load_state(ckpt)["step"] == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "flip-weights", "garbage-state"])
+def test_corrupt_checkpoint_is_a_one_line_error(data_dir, tmp_path, capsys, damage):
+    cfg = tiny(data_dir, tmp_path / "run", max_iters=3, sample_tokens=0)
+    train(cfg)
+    ckpt = tmp_path / "run" / "ckpt"
+    if damage == "truncate-weights":
+        target = ckpt / "model.safetensors"
+        target.write_bytes(target.read_bytes()[:-100])
+    elif damage == "flip-weights":
+        target = ckpt / "model.safetensors"
+        raw = bytearray(target.read_bytes())
+        raw[-5] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    else:
+        target = ckpt / "trainer_state.pt"
+        target.write_bytes(b"not a zip file at all")
+    damaged = target.read_bytes()
+    code = cli.main(_argv(cfg) + ["--resume", "--max-iters", "6"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "corrupt or truncated" in err and target.name in err
+    assert target.read_bytes() == damaged  # nothing overwritten
+
+
+def _argv(cfg):
+    return ["train", "--preset", "mygpt-char", "--data", cfg.data, "--out", cfg.out, "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "16", "--block-size", str(cfg.block_size), "--batch-size",
+            str(cfg.batch_size), "--eval-iters", "2", "--sample-tokens", "0", "--no-progress",
+            "--device", "cpu"]
+
+
+def test_cli_bad_input_errors(data_dir, tmp_path, capsys):
+    cfg = tiny(data_dir, tmp_path / "run")
+
+    def error_of(argv):
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    missing = tmp_path / "missing"
+    assert str(missing) in error_of(_argv(TrainConfig(**{**cfg.__dict__, "data": str(missing)})))
+    n_val = json.loads((data_dir / "meta.json").read_text())["val_tokens"]
+    err = error_of(_argv(TrainConfig(**{**cfg.__dict__, "block_size": n_val + 5})))
+    assert f"block_size {n_val + 5} is longer than the data" in err
+    err = error_of(_argv(TrainConfig(**{**cfg.__dict__, "block_size": n_val - 3, "batch_size": 50})))
+    assert "a batch of 50 windows cannot be drawn from val.bin" in err
+    assert not (tmp_path / "run").exists()  # nothing written by the failed runs
+
+    # a checkpoint trained on one tokenizer, resumed on data with another
+    assert cli.main(_argv(cfg) + ["--max-iters", "1", "--eval-interval", "1"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.upper())
+    prepare(other, "char", tmp_path / "data2")
+    before = (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes()
+    err = error_of(_argv(TrainConfig(**{**cfg.__dict__, "data": str(tmp_path / "data2")})) + ["--resume"])
+    assert "does not match" in err and "tokenizer.json" in err
+    assert (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes() == before
+    assert "already holds a checkpoint" in error_of(_argv(cfg))
+
+
+def test_cli_exit_code_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "toygpt", "train", "--data", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"toygpt train: error: data directory {tmp_path / 'nowhere'} does not exist "
+        "(make one with `toygpt prepare`)"]
+
+
+def test_batches_are_windows_of_the_token_file(data_dir):
+    from toygpt.data import batch_offsets, get_batch, load_tokens
+
+    tokens = load_tokens(data_dir, "train")
+    offsets = batch_offsets(len(tokens), 8, 5, seed=3, step=7, micro_step=1, grad_accum=2)
+    x, y = get_batch(tokens, offsets, 8)
+    ref = np.asarray(tokens, dtype=np.int64)
+    for row, i in enumerate(offsets):
+        assert x[row].tolist() == ref[i : i + 8].tolist()
+        assert y[row].tolist() == ref[i + 1 : i + 9].tolist()
+    again = batch_offsets(len(tokens), 8, 5, seed=3, step=7, micro_step=1, grad_accum=2)
+    assert (again == offsets).all()
+    # two ranks with grad_accum 1 draw exactly one process's two micro-batches
+    for r in range(2):
+        assert (batch_offsets(len(tokens), 8, 5, 3, 7, 0, rank=r, world_size=2)
+                == batch_offsets(len(tokens), 8, 5, 3, 7, r, grad_accum=2)).all()

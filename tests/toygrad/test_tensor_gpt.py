@@ -1,0 +1,156 @@
+"""toygrad.tensor's GPT, nn and optim against torch: same weights -> same loss and gradients."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("toykernels")
+
+from toygrad.tensor import Tensor, nn, optim  # noqa: E402
+from toygrad.tensor.reference import TorchGPT  # noqa: E402
+from toygrad.tensor.train_gpt import TrainConfig, main, train  # noqa: E402
+
+SMALL = dict(block_size=16, vocab_size=23, n_layer=2, n_head=4, n_embd=32)
+
+
+def assert_same_loss_and_grads(model, ref, idx, targets, rtol, atol_scale):
+    """Loss and every parameter's gradient of a toygrad GPT vs a torch.autograd GPT."""
+    _, loss = model(idx, targets)
+    loss.backward()
+    _, ref_loss = ref(idx, targets)
+    ref_loss.backward()
+    torch.testing.assert_close(loss.data, ref_loss.detach(), rtol=rtol, atol=0)
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        r = ref_params[name].grad
+        atol = atol_scale * r.abs().max().item()  # relative to the tensor's scale
+        torch.testing.assert_close(p.grad, r, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_gpt_matches_torch_autograd(dtype, rtol):
+    torch.manual_seed(0)
+    config = nn.GPTConfig(**SMALL)
+    model = nn.GPT(config).to(dtype=dtype)
+    ref = TorchGPT(config).to(dtype=dtype)
+    ref.load_state_dict(model.state_dict())
+    for p in model.parameters():  # random biases and LayerNorm weights, not the 0 / 1 init
+        p.data.add_(torch.randn_like(p.data) * 0.1)
+    ref.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 23, (3, 13))  # T < block_size
+    targets = torch.randint(0, 23, (3, 13))
+    targets[1, :5] = -1  # ignored positions
+    assert_same_loss_and_grads(model, ref, idx, targets, rtol, 1e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_gpt_matches_toygpt():
+    toygpt_model = pytest.importorskip("toygpt.model", reason="toygpt.model (helper D2's GPT) not in the tree yet")
+    torch.manual_seed(0)
+    ref = toygpt_model.GPT(toygpt_model.GPTConfig(**SMALL, dropout=0.0, bias=True))
+    model = nn.GPT(nn.GPTConfig(**SMALL))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    sd = {k: v for k, v in ref.state_dict().items() if k in model.state_dict()}
+    model.load_state_dict(sd)
+    idx = torch.randint(0, 23, (3, 16))
+    targets = torch.randint(0, 23, (3, 16))
+    assert_same_loss_and_grads(model, ref, idx, targets, 1e-5, 1e-5)
+
+
+def test_state_dict_names_and_tying():
+    model = nn.GPT(nn.GPTConfig(**SMALL))
+    sd = model.state_dict()
+    ref_sd = TorchGPT(nn.GPTConfig(**SMALL)).state_dict()
+    assert sorted(sd) == sorted(ref_sd)
+    assert sd["lm_head.weight"] is sd["transformer.wte.weight"]
+    names = [n for n, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names and len(names) == len(set(names))
+    with pytest.raises(KeyError, match="missing keys"):
+        model.load_state_dict({"transformer.wte.weight": sd["transformer.wte.weight"]})
+    bad = dict(sd, **{"transformer.wpe.weight": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"transformer.wpe.weight has shape \(16, 32\), got \(3, 3\)"):
+        model.load_state_dict(bad)
+
+
+def _toy_and_torch_params(seed):
+    g = torch.Generator().manual_seed(seed)
+    datas = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)]
+    toy = [Tensor(d.clone(), requires_grad=True) for d in datas]
+    ref = [d.clone().requires_grad_() for d in datas]
+    return toy, ref, g
+
+
+@pytest.mark.parametrize(
+    "make_toy, make_ref",
+    [
+        (lambda p: optim.SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+        (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)),
+        (lambda p: optim.AdamW(p, lr=0.01, betas=(0.9, 0.95), weight_decay=0.1),
+         lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.9, 0.95), weight_decay=0.1)),
+    ],
+    ids=["sgd", "sgd-momentum", "adamw"],
+)
+def test_optimizers_match_torch(make_toy, make_ref):
+    toy, ref, g = _toy_and_torch_params(1)
+    opt, ref_opt = make_toy(toy), make_ref(ref)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in ref]
+        for t, r, gr in zip(toy, ref, grads):
+            t.grad, r.grad = gr.clone(), gr.clone()
+        opt.step()
+        ref_opt.step()
+    for t, r in zip(toy, ref):
+        torch.testing.assert_close(t.data, r.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_optimizer_errors():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.AdamW([])
+    with pytest.raises(ValueError, match=r"unknown optimizer option\(s\) \['momentum'\]"):
+        optim.AdamW([{"params": [Tensor(torch.ones(2), requires_grad=True)], "momentum": 0.9}])
+
+
+def test_training_matches_torch_on_shakespeare(shakespeare_path):
+    """A short run of the training script: the loss falls and follows the torch.autograd model
+    trained from the same weights on the same batches."""
+    cfg = TrainConfig(steps=12, batch_size=4, block_size=32, n_layer=2, n_head=4, n_embd=32,
+                      lr=3e-3, eval_interval=0)
+    history = train(cfg, shakespeare_path, compare="torch", log=lambda *_: None)
+    assert history[0]["loss"] == pytest.approx(math.log(65), rel=0.05)  # ~uniform over 65 characters
+    assert history[-1]["loss"] < history[0]["loss"] - 0.5
+    for r in history:
+        assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-4)
+
+
+def test_cli_reports_a_missing_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.txt"), "--steps", "1"]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+def test_gpt_on_cuda_matches_torch(dtype, tol):
+    """On a GPU, through toykernels' fused LayerNorm and attention kernels (head dim 32 is one
+    the attention kernel supports), against the torch.nn model with torch's own CUDA ops."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU and a CUDA build of torch")
+    torch.manual_seed(0)
+    config = nn.GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=128)
+    model = nn.GPT(config).to(device="cuda", dtype=dtype)
+    ref = TorchGPT(config).to(device="cuda", dtype=dtype)
+    ref.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 65, (4, 64), device="cuda")
+    targets = torch.randint(0, 65, (4, 64), device="cuda")
+    _, loss = model(idx, targets)
+    loss.backward()
+    _, ref_loss = ref(idx, targets)
+    ref_loss.backward()
+    assert abs(loss.item() - ref_loss.item()) <= tol * ref_loss.item()
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        r = ref_params[name].grad.float()
+        err = (p.grad.float() - r).abs().max().item() / r.abs().max().item()
+        assert err <= tol * 10, f"{name}: max error {err:.2e} relative to the gradient's max"

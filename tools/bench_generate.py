@@ -1,0 +1,167 @@
+"""Generation speed: toygpt (KV cache) vs transformers' GPT2LMHeadModel.generate, and cache vs none.
+
+CPU mode (the default): fp32, 2 threads, GPT-2 small shape with seeded random weights, a 16-token
+prompt, greedy decoding. Both models hold the same weights, and their tokens are checked to be
+identical before anything is timed. Reported: tokens/s (medians over --repeats), and the ratios
+    toygpt / transformers at 128 new tokens        (goal >= 1.5)
+    toygpt cache / toygpt no cache at 256 new tokens  (goal >= 5)
+The timings include the prefill of the prompt, as a user waiting for text sees them.
+
+CUDA mode (`--device cuda`): bf16, batch 1 and 32, toygpt tokens/s (new tokens over all rows per
+second), appended to benchmarks/results/generate.csv with GPU, torch version, date and commit.
+
+    python tools/bench_generate.py                # CPU table
+    python tools/bench_generate.py --device cuda  # GPU rows into the CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from toygpt import GPT, GPTConfig
+from toygpt.hf import hf_to_toygpt, load_checked
+
+REPO = Path(__file__).resolve().parents[1]
+CSV_PATH = REPO / "benchmarks" / "results" / "generate.csv"
+
+
+def make_models(seed: int, with_hf: bool):
+    """Seeded random GPT-2 small: a transformers model and a toygpt model with the same weights."""
+    torch.manual_seed(seed)
+    config = GPTConfig.preset("gpt2")
+    model = GPT(config)
+    hf = None
+    if with_hf:
+        import transformers
+
+        hf_config = transformers.GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+            n_layer=config.n_layer, n_head=config.n_head,
+        )
+        hf = transformers.GPT2LMHeadModel(hf_config).eval()
+        load_checked(model, hf_to_toygpt(hf.state_dict(), config), where="transformers model")
+    return model.eval(), hf
+
+
+def timed(fn, repeats: int):
+    """Run fn repeats times; returns (median seconds, last result)."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def progress(message):
+    print("  ..", message, flush=True)
+
+
+def bench_cpu(args):
+    torch.set_num_threads(args.threads)
+    model, hf = make_models(args.seed, with_hf=True)
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g)
+    n = args.new_tokens
+
+    def run_toygpt(new, use_cache=True):
+        return model.generate(idx, new, greedy=True, use_cache=use_cache)
+
+    def run_hf():
+        with torch.inference_mode():
+            return hf.generate(
+                idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, use_cache=True, pad_token_id=0,
+            )
+
+    # correctness first: the same weights must give the same greedy tokens
+    ours, theirs = run_toygpt(n), run_hf()
+    progress("greedy tokens identical to transformers' generate")
+    if not torch.equal(ours, theirs):
+        raise SystemExit("toygpt and transformers disagree on the greedy tokens; not timing")
+    t_ours, _ = timed(lambda: run_toygpt(n), args.repeats)
+    progress(f"toygpt {n} new tokens: {n / t_ours:.2f} tokens/s")
+    t_hf, _ = timed(run_hf, args.repeats)
+    progress(f"transformers {n} new tokens: {n / t_hf:.2f} tokens/s")
+    n_long = args.long_tokens
+    t_cache, a = timed(lambda: run_toygpt(n_long), args.repeats)
+    progress(f"toygpt cache {n_long} new tokens: {n_long / t_cache:.2f} tokens/s")
+    t_nocache, b = timed(lambda: run_toygpt(n_long, use_cache=False), args.nocache_repeats)
+    if not torch.equal(a, b):
+        raise SystemExit("toygpt with and without the KV cache disagree on the greedy tokens")
+
+    rows = [
+        ("toygpt (KV cache)", n, n / t_ours),
+        ("transformers generate(use_cache=True)", n, n / t_hf),
+        ("toygpt (KV cache)", n_long, n_long / t_cache),
+        ("toygpt (no cache)", n_long, n_long / t_nocache),
+    ]
+    print(f"GPT-2 small, fp32, CPU, {args.threads} threads, prompt {args.prompt_len} tokens, greedy, "
+          f"medians of {args.repeats} (no cache: {args.nocache_repeats})")
+    print(f"{'provider':40s} {'new tokens':>10s} {'tokens/s':>10s}")
+    for name, new, tps in rows:
+        print(f"{name:40s} {new:10d} {tps:10.2f}")
+    print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
+    print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
+
+
+def bench_cuda(args):
+    model, _ = make_models(args.seed, with_hf=False)
+    model = model.to("cuda", dtype=torch.bfloat16)
+    gpu = torch.cuda.get_device_name()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    rows = []
+    for batch in args.batches:
+        idx = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device="cuda")
+        model.generate(idx, 8, greedy=True)  # warm-up: kernels built and loaded
+        t, _ = timed(lambda idx=idx: model.generate(idx, args.new_tokens, greedy=True), args.repeats)
+        tps = batch * args.new_tokens / t
+        print(f"gpt2 bf16 {gpu} batch {batch}: {tps:.1f} tokens/s ({args.new_tokens / t:.1f} per row)")
+        rows.append({
+            "date": datetime.date.today().isoformat(), "commit": commit, "gpu": gpu,
+            "torch": torch.__version__, "model": "gpt2", "dtype": "bf16", "batch": batch,
+            "prompt_tokens": args.prompt_len, "new_tokens": args.new_tokens,
+            "tokens_per_s": f"{tps:.1f}", "tokens_per_s_per_row": f"{args.new_tokens / t:.1f}",
+        })
+    CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not CSV_PATH.exists()
+    with open(CSV_PATH, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+    print(f"appended {len(rows)} rows to {CSV_PATH}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--long-tokens", type=int, default=256, help="new tokens for cache vs no cache")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--nocache-repeats", type=int, default=1, help="the no-cache run is slow on CPU")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device")
+        bench_cuda(args)
+    else:
+        bench_cpu(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Benchmark LayerNorm: toykernels vs F.layer_norm vs a torch.compile'd F.layer_norm.
+
+Modes: forward, backward, forward+backward, in GB/s from written-down byte counts
+(e = bytes per element, N x C input, parameters weight and bias of C elements):
+    forward  = 2 * N * C * e + 2 * C * e      (read x, write y; read weight, bias)
+    backward = 3 * N * C * e + 3 * C * e      (read x, dy, write dx; read weight, write dw, db)
+    forward+backward = the sum
+The statistics (8 bytes per row) are left out. The same run measures the device's copy
+bandwidth (dst.copy_(src) of 1 GiB: 2 bytes moved per byte copied) and reports each
+provider's share of it. Every provider's forward and gradients are checked against a float64
+reference before anything is timed. Timings are medians of CUDA-event intervals with the L2
+flushed (a 256 MiB memset) before each repetition.
+Rows are appended to benchmarks/results/layernorm.csv with GPU, torch version, date and commit.
+
+Goals (H100/H200, bf16, 32768x4096 and up): forward >= 85% of copy bandwidth and >= 1.3x
+F.layer_norm; backward >= 50% of copy bandwidth and >= 1.3x torch.
+
+    python tools/bench_layernorm.py                    # all shapes, bf16 and fp32, on the GPU
+    python tools/bench_layernorm.py --dtype bf16 --quick
+    python tools/bench_layernorm.py --device cpu --quick --no-csv   # a smoke test of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import toykernels
+
+REPO = Path(__file__).resolve().parents[1]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("fwd", "bwd", "fwd+bwd")
+SHAPES = [(8192, 768), (65536, 768), (16384, 1600), (32768, 4096), (16384, 8192)]
+GOAL_SHAPES = {(32768, 4096), (16384, 8192)}
+GOALS = {"fwd": (0.85, 1.3), "bwd": (0.50, 1.3)}  # (share of copy bandwidth, speed-up vs torch)
+
+
+def torch_layer_norm(x, weight, bias):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias)
+
+
+def make_providers():
+    # The backward is timed by replaying one graph's backward (retain_graph=True), which
+    # compiled graphs refuse while they donate their saved buffers to the backward.
+    import torch._dynamo.config
+    import torch._functorch.config
+
+    torch._functorch.config.donated_buffer = False
+    # one compile per (shape, dtype, requires_grad): well over the default limit of 8, after
+    # which dynamo would silently run the function eagerly
+    torch._dynamo.config.cache_size_limit = 64
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 64
+    return {
+        "toykernels": toykernels.layer_norm,
+        "torch": torch_layer_norm,
+        # dynamic=False: one specialised kernel per shape, the best case for compile
+        "torch_compile": torch.compile(torch_layer_norm, dynamic=False),
+    }
+
+
+def bytes_moved(N, C, element_size, mode):
+    forward = (2 * N * C + 2 * C) * element_size
+    backward = (3 * N * C + 3 * C) * element_size
+    return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[mode]
+
+
+class Timer:
+    """Median milliseconds of fn(), the L2 flushed before each run (CUDA), or wall time (CPU)."""
+
+    def __init__(self, device, reps):
+        self.device, self.reps = device, reps
+        self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if device == "cuda" else None
+
+    def __call__(self, fn):
+        fn()  # warm-up: first-call builds, compile, allocator
+        times = []
+        for _ in range(self.reps):
+            if self.device == "cuda":
+                self.flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def copy_bandwidth(device, timer):
+    """GB/s of a plain device copy (read + write), the roof for a memory-bound kernel."""
+    n = 2**30 if device == "cuda" else 2**26
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def check(provider, fn, x, weight, bias, dy):
+    """Forward and all gradients against float64 before timing; raises on a mismatch."""
+    leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    y_ref = torch_layer_norm(*ref_leaves)
+    grads_ref = torch.autograd.grad(y_ref, ref_leaves, dy.double())
+    tol = 1e-3 if x.dtype == torch.float32 else 6e-2
+    for name, got, want in zip(("y", "dx", "dweight", "dbias"), (y, *grads), (y_ref, *grads_ref)):
+        err = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1)).item()
+        if not err <= tol:
+            raise AssertionError(f"{provider}: {name} relative error {err:.3g} > {tol}")
+
+
+def bench_shape(provider, fn, N, C, dtype, device, timer):
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(N, C, device=device, generator=gen).to(dtype)
+    weight = torch.randn(C, device=device, generator=gen).to(dtype).requires_grad_()
+    bias = torch.randn(C, device=device, generator=gen).to(dtype).requires_grad_()
+    dy = torch.randn(N, C, device=device, generator=gen).to(dtype)
+    try:
+        check(provider, fn, x, weight, bias, dy)
+        x.requires_grad_()
+        ms = {}
+        with torch.no_grad():
+            ms["fwd"] = timer(lambda: fn(x, weight, bias))
+        y = fn(x, weight, bias)
+        ms["bwd"] = timer(lambda: torch.autograd.grad(y, (x, weight, bias), dy, retain_graph=True))
+        ms["fwd+bwd"] = timer(lambda: torch.autograd.grad(fn(x, weight, bias), (x, weight, bias), dy))
+        return ms
+    except (RuntimeError, AssertionError) as error:  # OOM, compile failure, a wrong result
+        print(f"  {provider:13s} {N}x{C}: skipped: {str(error).splitlines()[0]}")
+        return None
+
+
+def git_commit():
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=[*sorted(DTYPES), "all"], default="all")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="two shapes only")
+    parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "layernorm.csv")
+    parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_layernorm: --device cuda but no CUDA device is visible")
+    dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    if args.device == "cpu":
+        shapes, reps = [(256, 768), (64, 1600)], 3
+    else:
+        shapes, reps = ([(8192, 768), (32768, 4096)] if args.quick else SHAPES), args.reps
+
+    timer = Timer(args.device, reps)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    copy_gbps = copy_bandwidth(args.device, timer)
+    meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(), "commit": git_commit()}
+    print(f"# {gpu}, torch {torch.__version__}, commit {meta['commit']}, copy bandwidth {copy_gbps:.0f} GB/s")
+    providers = make_providers()
+
+    records, summary = [], []
+    for dtype in dtypes:
+        dname = str(dtype).removeprefix("torch.")
+        for N, C in shapes:
+            print(f"{dname} {N}x{C}")
+            results = {}
+            for provider, fn in providers.items():
+                ms = bench_shape(provider, fn, N, C, dtype, args.device, timer)
+                if ms is None:
+                    continue
+                results[provider] = ms
+                for mode in MODES:
+                    gbps = bytes_moved(N, C, dtype.itemsize, mode) / (ms[mode] * 1e-3) / 1e9
+                    share = gbps / copy_gbps
+                    records.append({**meta, "dtype": dname, "rows": N, "C": C, "provider": provider,
+                                    "mode": mode, "ms": f"{ms[mode]:.4f}", "gbps": f"{gbps:.1f}",
+                                    "copy_gbps": f"{copy_gbps:.1f}", "share_of_copy": f"{share:.3f}"})  # fmt: skip
+                    print(f"  {provider:13s} {mode:8s} {ms[mode]:9.4f} ms {gbps:8.1f} GB/s {share:6.1%} of copy")
+            if "toykernels" not in results:
+                continue
+            for mode in MODES:
+                mine = results["toykernels"][mode]
+                gbps = bytes_moved(N, C, dtype.itemsize, mode) / (mine * 1e-3) / 1e9
+                vs_torch = results["torch"][mode] / mine if "torch" in results else float("nan")
+                vs_compile = results["torch_compile"][mode] / mine if "torch_compile" in results else float("nan")
+                verdict = ""
+                if dtype == torch.bfloat16 and (N, C) in GOAL_SHAPES and mode in GOALS:
+                    share_goal, speedup_goal = GOALS[mode]
+                    met = gbps / copy_gbps >= share_goal and vs_torch >= speedup_goal
+                    verdict = "goal met" if met else f"goal missed (>= {share_goal:.0%}, >= {speedup_goal}x)"
+                summary.append(f"{dname:9s} {N:>6}x{C:<5} {mode:8s} {gbps:8.1f} GB/s {gbps / copy_gbps:6.1%}"
+                               f"  {vs_torch:5.2f}x torch  {vs_compile:5.2f}x compile  {verdict}")  # fmt: skip
+
+    if records and not args.no_csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        new = not args.csv.exists()
+        with args.csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(records)
+        print(f"\nappended {len(records)} rows to {args.csv}")
+    print("\n" + toykernels.backend_info(args.device))
+    print(f"\n# toykernels LayerNorm on {gpu}: GB/s, share of copy bandwidth ({copy_gbps:.0f} GB/s), speed-ups")
+    for line in summary:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
