@@ -20,7 +20,7 @@ $(STAMP): constraints.txt packages/toygrad/pyproject.toml packages/kernels/pypro
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/toygrad-demo
+	$(BIN)/toygpt-demo
 
 test: $(STAMP)
 	$(BIN)/ruff check packages tests tools

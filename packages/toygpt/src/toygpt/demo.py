@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="run directory")
     parser.add_argument("--digits", type=int, default=3, help="digits per operand (at least 3)")
-    parser.add_argument("--max-iters", type=int, default=500, help="optimizer steps")
+    parser.add_argument("--max-iters", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=256, help="problems per step")
     parser.add_argument("--n-test", type=int, default=1000, help="held-out problems")
     parser.add_argument("--seed", type=int, default=1337)
