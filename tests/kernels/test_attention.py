@@ -1,4 +1,6 @@
-"""Causal attention on every machine: the torch path, the tiled reference, the custom op.
+"""Causal attention on every machine: the public API (scaled_dot_product_attention off CUDA),
+the custom op with its whole-matrix formulas (the CUDA path's specification), the raw functions
+and the tiled reference.
 
 Everything is compared against naive attention in float64 written out here, so a wrong mask
 alignment or a wrong gradient formula in toykernels cannot hide behind a shared helper.
@@ -26,6 +28,14 @@ def naive_attention64(q, k, v, scale):
     return torch.softmax(s, dim=-1) @ v, torch.logsumexp(s, dim=-1)
 
 
+# The two ways into attention off CUDA: the public function (SDPA underneath, differentiated by
+# autograd) and the custom op called directly (its explicit backward, the path CUDA tensors take).
+ATTENTION = {
+    "api": lambda q, k, v, scale: causal_attention(q, k, v, scale=scale),
+    "custom_op": lambda q, k, v, scale: torch.ops.toykernels.attention_forward(q, k, v, scale)[0],
+}
+
+
 def make_qkv(B, H, Tq, Tk, D, dtype=torch.float32, requires_grad=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, D, generator=g, dtype=dtype) for T in (Tq, Tk, Tk))
@@ -43,8 +53,38 @@ def test_forward_matches_naive(Tq, Tk, dtype, tol):
     assert lse.shape == (2, 3, Tq)
     torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
     torch.testing.assert_close(lse.double(), ref_lse, atol=tol, rtol=tol)
-    # the functional API takes the SDPA path on CPU without grad: it must use the same mask
+    # the functional API takes the SDPA path on CPU: it must use the same mask
     torch.testing.assert_close(causal_attention(q, k, v).double(), ref_out, atol=tol, rtol=tol)
+    op_out, op_lse = torch.ops.toykernels.attention_forward(q, k, v, scale)
+    torch.testing.assert_close(op_out.double(), ref_out, atol=tol, rtol=tol)
+    torch.testing.assert_close(op_lse.double(), ref_lse, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("path", sorted(ATTENTION))
+@pytest.mark.parametrize("Tq,Tk", SEQ_PAIRS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-5), (torch.float64, 1e-10)])
+def test_every_gradient_matches_naive(path, Tq, Tk, dtype, tol):
+    q, k, v = make_qkv(2, 3, Tq, Tk, 32, dtype, requires_grad=True, seed=Tq * 31 + Tk)
+    scale = 0.3  # not 1/sqrt(D): a scale forgotten in one gradient would show
+    out = ATTENTION[path](q, k, v, scale)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_out, _ = naive_attention64(q64, k64, v64, scale)
+    ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), dout.double())
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), r, atol=tol, rtol=tol, msg=f"{path} {name} differs")
+
+
+def test_public_api_runs_sdpa_on_cpu_and_the_custom_op_does_not():
+    for Tq, Tk in [(4, 4), (1, 9), (3, 9)]:  # is_causal, no mask, explicit bottom-right mask
+        q, k, v = make_qkv(1, 2, Tq, Tk, 8, requires_grad=True)
+        assert "ScaledDotProduct" in type(causal_attention(q, k, v).grad_fn).__name__
+        op_out = torch.ops.toykernels.attention_forward(q, k, v, 0.3)[0]
+        assert "toykernels_attention_forward" in type(op_out.grad_fn).__name__
 
 
 @pytest.mark.parametrize("Tq,Tk", SEQ_PAIRS)
@@ -83,10 +123,12 @@ def test_last_query_of_long_sequence():
     torch.testing.assert_close(tiled.double(), ref_out, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("Tq,Tk", [(1, 1), (6, 6), (3, 8)])
-def test_gradcheck_through_custom_op(Tq, Tk):
+@pytest.mark.parametrize("path", sorted(ATTENTION))
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (6, 6), (3, 8), (1, 5)])
+def test_gradcheck(path, Tq, Tk):
     q, k, v = make_qkv(1, 2, Tq, Tk, 8, torch.float64, requires_grad=True, seed=11)
-    assert torch.autograd.gradcheck(lambda q, k, v: causal_attention(q, k, v, scale=0.7), (q, k, v))
+    fn = ATTENTION[path]
+    assert torch.autograd.gradcheck(lambda q, k, v: fn(q, k, v, 0.7), (q, k, v))
 
 
 def test_autograd_grads_in_float32_match_float64():
@@ -102,10 +144,11 @@ def test_autograd_grads_in_float32_match_float64():
         torch.testing.assert_close(g.double(), r, atol=5e-5, rtol=5e-5)
 
 
-def test_half_inputs_on_cpu():
-    # the torch path computes in fp32 and returns the input dtype
+@pytest.mark.parametrize("path", sorted(ATTENTION))
+def test_half_inputs_on_cpu(path):
+    # both paths accumulate in fp32 and return the input dtype
     q, k, v = make_qkv(1, 2, 9, 12, 32, torch.bfloat16, requires_grad=True, seed=2)
-    out = causal_attention(q, k, v)
+    out = ATTENTION[path](q, k, v, 32**-0.5)
     assert out.dtype == torch.bfloat16
     out.sum().backward()
     assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
@@ -123,16 +166,19 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.toykernels.attention_backward, (dout, q, k, v, out, lse, 0.25))
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("path", sorted(ATTENTION))
+def test_torch_compile_fullgraph_forward_and_backward(path):
     q, k, v = make_qkv(1, 2, 6, 9, 16, torch.float32, requires_grad=True, seed=4)
-    compiled = torch.compile(causal_attention, fullgraph=True, backend="aot_eager")
-    out = compiled(q, k, v)
+    fn = ATTENTION[path]
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v, 0.25)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
-    ref_out = causal_attention(q, k, v)
-    ref_grads = torch.autograd.grad(ref_out.sum(), (q, k, v))
-    torch.testing.assert_close(out, ref_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_out, _ = naive_attention64(q64, k64, v64, 0.25)
+    ref_grads = torch.autograd.grad(ref_out.sum(), (q64, k64, v64))
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r)
+        torch.testing.assert_close(g.double(), r, atol=5e-5, rtol=5e-5)
 
 
 def test_exported_from_package():

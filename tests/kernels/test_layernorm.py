@@ -1,5 +1,7 @@
-"""LayerNorm on every machine: the fallback against torch.nn.LayerNorm (values and all
-gradients, fp64 and fp32), input errors, the raw functions, opcheck and torch.compile."""
+"""LayerNorm on every machine: the public API (PyTorch's native op off CUDA) and the custom ops
+with their fallback formulas (the CUDA path's specification), each against torch.nn.LayerNorm in
+float64 (values and all gradients, fp64 and fp32); input errors, the raw functions, opcheck and
+torch.compile."""
 
 import pytest
 import torch
@@ -14,8 +16,23 @@ from toykernels.layernorm import (
     layer_norm_forward,
 )
 
-SHAPES = [(1, 1), (3, 7), (2, 5, 129), (4, 1023)]
+SHAPES = [(1, 1), (3, 7), (2, 5, 129), (4, 1023), (0, 16)]
 TOL = {torch.float64: dict(atol=1e-12, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=1e-4)}
+FLOOR = {torch.float64: 1e-12, torch.float32: 2e-5}
+EPS = 1e-5
+
+# The two ways into LayerNorm off CUDA: the public functions (F.layer_norm underneath) and the
+# custom ops called directly (their fallback formulas, the path CUDA tensors take).
+LAYER_NORM = {
+    "api": lambda x, weight, bias: toykernels.layer_norm(x, weight, bias, eps=EPS),
+    "custom_op": lambda x, weight, bias: torch.ops.toykernels.layer_norm_fwd(x, weight, bias, EPS)[0],
+}
+ADD_LAYER_NORM = {
+    "api": lambda x, residual, weight, bias: toykernels.add_layer_norm(x, residual, weight, bias, eps=EPS),
+    "custom_op": lambda x, residual, weight, bias: tuple(
+        torch.ops.toykernels.add_layer_norm_fwd(x, residual, weight, bias, EPS)[:2]
+    ),
+}
 
 
 def _params(C, dtype, affine):
@@ -26,23 +43,92 @@ def _params(C, dtype, affine):
     return weight, bias
 
 
+def _nn_layer_norm64(C, weight, bias):
+    """torch.nn.LayerNorm in float64 holding copies of weight and bias (or none: no affine)."""
+    ref = torch.nn.LayerNorm(C, eps=EPS, elementwise_affine=weight is not None, dtype=torch.float64)
+    if weight is not None:
+        with torch.no_grad():
+            ref.weight.copy_(weight)
+            ref.bias.copy_(bias)
+    return ref
+
+
+def assert_close_to_reference(name, got, ref64, baseline):
+    """got within twice torch's own error in got's dtype (baseline), plus a small floor.
+
+    NOTE: not a fixed tolerance: for a row of width 1, xhat is exactly 0 and rstd = 1/sqrt(eps)
+    ~ 316, so torch's own fp32 dx is rounding noise of 1e-5 .. 1e-4 around the exact 0.
+    """
+    assert got.shape == ref64.shape and got.dtype == baseline.dtype, name
+    err = (got.double() - ref64).abs().max().item() if got.numel() else 0.0
+    baseline_err = (baseline.double() - ref64).abs().max().item() if got.numel() else 0.0
+    limit = 2 * baseline_err + FLOOR[got.dtype] * max(1.0, ref64.abs().max().item() if got.numel() else 0.0)
+    assert err <= limit, f"{name}: max error {err:.3g} > {limit:.3g} (torch's own error {baseline_err:.3g})"
+
+
+@pytest.mark.parametrize("path", sorted(LAYER_NORM))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_matches_torch(dtype, shape, affine):
+def test_layer_norm_matches_nn_layernorm_in_float64(path, dtype, shape, affine):
     C = shape[-1]
     x = (torch.randn(shape, dtype=dtype) * 3 + 1).requires_grad_()
     weight, bias = _params(C, dtype, affine)
-    y = toykernels.layer_norm(x, weight, bias, eps=1e-5)
-    y_ref = F.layer_norm(x, (C,), weight, bias, eps=1e-5)
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
-
+    y = LAYER_NORM[path](x, weight, bias)
     dy = torch.randn_like(y)
     inputs = [x] + ([weight, bias] if affine else [])
     grads = torch.autograd.grad(y, inputs, dy)
-    grads_ref = torch.autograd.grad(y_ref, inputs, dy)
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want, **TOL[dtype])
+
+    ref = _nn_layer_norm64(C, weight, bias)
+    x64 = x.detach().double().requires_grad_()
+    y64 = ref(x64)
+    grads64 = torch.autograd.grad(y64, [x64] + list(ref.parameters()), dy.double())
+    y_t = F.layer_norm(x, (C,), weight, bias, EPS)  # torch's own op in dtype: the yardstick
+    grads_t = torch.autograd.grad(y_t, inputs, dy)
+
+    assert_close_to_reference("y", y, y64, y_t)
+    for name, got, want, baseline in zip(("dx", "dweight", "dbias"), grads, grads64, grads_t):
+        assert_close_to_reference(name, got, want, baseline)
+
+
+def test_public_api_runs_torch_native_ops_on_cpu_and_custom_ops_do_not():
+    # off CUDA the public functions hand autograd PyTorch's own LayerNorm; the custom ops stay
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    weight, bias = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    assert type(toykernels.layer_norm(x, weight, bias).grad_fn).__name__ == "NativeLayerNormBackward0"
+    s, y = toykernels.add_layer_norm(x, x, weight, bias)
+    assert type(y.grad_fn).__name__ == "NativeLayerNormBackward0"
+    assert type(s.grad_fn).__name__ == "AddBackward0"
+    y_op = torch.ops.toykernels.layer_norm_fwd(x, weight, bias, EPS)[0]
+    assert "toykernels_layer_norm_fwd" in type(y_op.grad_fn).__name__
+    with torch.no_grad():
+        assert toykernels.layer_norm(x, weight, bias).grad_fn is None
+
+
+@pytest.mark.parametrize("x_dtype, param_dtype", [
+    (torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float64, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+])  # fmt: skip
+@pytest.mark.parametrize("path", sorted(LAYER_NORM))
+def test_mixed_parameter_dtypes(path, x_dtype, param_dtype):
+    # fp32 master weights with low-precision activations (and with fp64 input): y in x's dtype,
+    # each gradient in its own tensor's dtype
+    C = 40
+    x = torch.randn(6, C).to(x_dtype).requires_grad_()
+    weight = (1 + 0.5 * torch.randn(C)).to(param_dtype).requires_grad_()
+    bias = torch.randn(C).to(param_dtype).requires_grad_()
+    y = LAYER_NORM[path](x, weight, bias)
+    assert y.dtype == x_dtype
+    dy = torch.randn(6, C).to(x_dtype)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    assert [g.dtype for g in grads] == [x_dtype, param_dtype, param_dtype]
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    y64 = F.layer_norm(leaves64[0], (C,), leaves64[1], leaves64[2], EPS)
+    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
+    tol = 1e-9 if x_dtype == torch.float64 and param_dtype == torch.float64 else 0.05
+    for name, got, want in zip(("y", "dx", "dweight", "dbias"), (y, *grads), (y64, *grads64)):
+        rel = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1)).item()
+        assert rel < tol, f"{name}: relative error {rel:.3g}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -69,26 +155,33 @@ def test_module_is_a_drop_in_for_nn_layernorm(dtype):
     assert no_bias.bias is None and set(no_bias.state_dict()) == {"weight"}
 
 
+@pytest.mark.parametrize("path", sorted(ADD_LAYER_NORM))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("affine", [True, False])
-def test_add_layer_norm_matches_torch(dtype, affine):
+def test_add_layer_norm_matches_nn_layernorm_in_float64(path, dtype, affine):
     C = 33
     x = torch.randn(3, 4, C, dtype=dtype, requires_grad=True)
     residual = torch.randn(3, 4, C, dtype=dtype, requires_grad=True)
     weight, bias = _params(C, dtype, affine)
-    s, y = toykernels.add_layer_norm(x, residual, weight, bias)
-    s_ref = x + residual
-    y_ref = F.layer_norm(s_ref, (C,), weight, bias)
-    torch.testing.assert_close(s, s_ref, **TOL[dtype])
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    s, y = ADD_LAYER_NORM[path](x, residual, weight, bias)
+
+    ref = _nn_layer_norm64(C, weight, bias)
+    x64, r64 = (t.detach().double().requires_grad_() for t in (x, residual))
+    s64 = x64 + r64
+    y64 = ref(s64)
+    s_t = x + residual
+    y_t = F.layer_norm(s_t, (C,), weight, bias, EPS)
+    assert torch.equal(s, s_t), "s must be x + residual rounded once to x's dtype"
+    assert_close_to_reference("y", y, y64, y_t)
 
     # both outputs carry gradient: s is the next residual stream, y the next sublayer's input
     ds, dy = torch.randn_like(s), torch.randn_like(y)
     inputs = [x, residual] + ([weight, bias] if affine else [])
     grads = torch.autograd.grad((s, y), inputs, (ds, dy))
-    grads_ref = torch.autograd.grad((s_ref, y_ref), inputs, (ds, dy))
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want, **TOL[dtype])
+    grads64 = torch.autograd.grad((s64, y64), [x64, r64] + list(ref.parameters()), (ds.double(), dy.double()))
+    grads_t = torch.autograd.grad((s_t, y_t), inputs, (ds, dy))
+    for name, got, want, baseline in zip(("dx", "dresidual", "dweight", "dbias"), grads, grads64, grads_t):
+        assert_close_to_reference(name, got, want, baseline)
 
 
 def test_raw_functions_return_statistics_and_explicit_gradients():
@@ -173,9 +266,24 @@ class _PreLNBlock(torch.nn.Module):
         return s + y
 
 
-def test_torch_compile_fullgraph_on_cpu():
+class _PreLNBlockCustomOps(torch.nn.Module):
+    """The same block through the custom ops, the way CUDA tensors go."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.block = _PreLNBlock(C)
+
+    def forward(self, x):
+        b = self.block
+        h = b.fc(torch.ops.toykernels.layer_norm_fwd(x, b.ln_1.weight, b.ln_1.bias, b.ln_1.eps)[0])
+        s, y, _, _ = torch.ops.toykernels.add_layer_norm_fwd(x, h, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps)
+        return s + y
+
+
+@pytest.mark.parametrize("block_type", [_PreLNBlock, _PreLNBlockCustomOps], ids=["api", "custom_op"])
+def test_torch_compile_fullgraph_on_cpu(block_type):
     torch.manual_seed(0)
-    block = _PreLNBlock(16)
+    block = block_type(16)
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 3, 16, requires_grad=True)
     out = compiled(x)
@@ -184,3 +292,12 @@ def test_torch_compile_fullgraph_on_cpu():
     (g,) = torch.autograd.grad(out.square().sum(), x)
     (g_eager,) = torch.autograd.grad(out_eager.square().sum(), x)
     torch.testing.assert_close(g, g_eager)
+    # and the eager block against float64 LayerNorms built from the same parameters
+    b = block if isinstance(block, _PreLNBlock) else block.block
+    x64 = x.detach().double().requires_grad_()
+    h64 = torch.nn.functional.linear(
+        F.layer_norm(x64, (16,), b.ln_1.weight.double(), b.ln_1.bias.double()), b.fc.weight.double(), b.fc.bias.double()
+    )
+    s64 = x64 + h64
+    out64 = s64 + F.layer_norm(s64, (16,), b.ln_2.weight.double(), b.ln_2.bias.double())
+    torch.testing.assert_close(out_eager.double(), out64, atol=1e-5, rtol=1e-5)

@@ -95,18 +95,20 @@ def load_extension(name: str, sources: list[str], device: torch.device | None = 
     """
     from torch.utils import cpp_extension
 
-    if cpp_extension.CUDA_HOME is None:
-        raise BuildError(
-            "CUDA toolkit not found: torch.utils.cpp_extension.CUDA_HOME is None "
-            "(set CUDA_HOME to the toolkit that has nvcc)",
-            None,
-        )
     arches = arch_list(device)
     folder = build_dir(name, arches)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "build.log"
     paths = [str(CSRC / s) for s in sources]
     module_name = f"toykernels_{name}"
+    if cpp_extension.CUDA_HOME is None:
+        message = (
+            "CUDA toolkit not found: torch.utils.cpp_extension.CUDA_HOME is None "
+            f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}; "
+            "set CUDA_HOME to the toolkit that has nvcc)"
+        )
+        log_path.write_text(message + "\n")
+        raise BuildError(f"{module_name}: {message}", log_path)
 
     # A fresh .so newer than every source means ninja will have nothing to do.
     so = folder / f"{module_name}.so"

@@ -11,6 +11,8 @@ what a KV cache needs; see `toykernels.reference.causal_mask`.
 
 Layers, in order: raw functions (no autograd; toygrad.Tensor calls these) -> custom op
 `toykernels::attention_forward` with fake and autograd registrations -> `causal_attention`.
+Off CUDA, `causal_attention` skips the custom op and calls scaled_dot_product_attention with
+the bottom-right mask (see `backend.native_path`), with or without grad.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from toykernels import backend
 from toykernels.reference import causal_mask
@@ -204,15 +207,25 @@ def causal_attention(q, k, v, scale=None):
     """
     _check_inputs(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not needs_grad and not q.is_cuda and backend.mode() != "cuda":
-        # Inference on CPU (always the torch path): scaled_dot_product_attention with the
-        # bottom-right mask; is_causal=True aligns top-left, which is only right when Tq == Tk.
-        # NOTE: a plain device test rather than backend.select, so torch.compile can trace it.
-        Tq, Tk = q.shape[-2], k.shape[-2]
-        if Tq == Tk:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        mask = causal_mask(Tq, Tk, device=q.device)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if backend.native_path(OP_NAME, q):
+        # Off CUDA, with or without grad: PyTorch's own fused attention, differentiated by
+        # autograd, is faster than the custom op's whole-matrix formulas.
+        return _sdpa_bottom_right(q, k, v, scale)
     out, _ = _attention_forward_op(q, k, v, scale)
     return out
+
+
+def _sdpa_bottom_right(q, k, v, scale):
+    """scaled_dot_product_attention with the bottom-right causal mask.
+
+    is_causal=True aligns its mask to the top left, which is the same thing only when Tq == Tk.
+    A single query (a decoding step) is the last position and sees every key: no mask at all.
+    Otherwise (prefill after a cache) an explicit boolean mask.
+    """
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if Tq == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    mask = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk), True where attention is allowed
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

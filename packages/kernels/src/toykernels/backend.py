@@ -9,6 +9,11 @@ Every op module registers itself here (`register_op("layer_norm", [...sources])`
 - Fallback for CPU tensors, for a torch without CUDA, for an input the kernel does not handle
   (the op says why: `unsupported="float64 is not supported by the kernel"`), and when the build
   fails — then it warns once per op with the compiler's first error and keeps falling back.
+- Tensors that are not on CUDA skip the custom ops altogether: `native_path(op, ...)` tells the
+  public API to call PyTorch's own op (F.layer_norm, scaled_dot_product_attention) and let
+  autograd differentiate it. The custom ops' fallback formulas are the specification of what
+  the kernels compute, written for reading, not speed; PyTorch's native CPU kernels are an
+  order of magnitude faster per call (a GPT-2 decode step makes 25 LayerNorm calls).
 
 Each decision is recorded so that `backend_info()` can say, per op, what runs and why.
 Nothing here compiles at import time; the first CUDA call of an op builds it.
@@ -31,6 +36,7 @@ _modules: dict[tuple[str, str], object] = {}  # (op, arch) -> loaded extension m
 _built: dict[tuple[str, str], str] = {}  # (op, arch) -> "built for sm_90 in 38.2 s, cached in ..."
 _failed: dict[tuple[str, str], BuildError] = {}  # (op, arch) -> the build error, never retried
 _decisions: dict[tuple[str, str], str] = {}  # (op, device type) -> last decision, in words
+_warned: set[tuple[str, str]] = set()  # (op, arch) whose failed build has been warned about
 _lock = threading.Lock()
 
 
@@ -81,6 +87,28 @@ def _load(op: str, device: torch.device):
         return module
 
 
+def native_path(op: str, x: torch.Tensor) -> bool:
+    """True when `op` should run PyTorch's own op directly: x is not on CUDA and
+    TOYKERNELS_BACKEND is not `cuda` (forced `cuda` goes on to `select`, which raises).
+
+    Records the decision for `backend_info()` in the same words `select` would use.
+    NOTE: plain Python on the tensor and os.environ, so torch.compile(fullgraph=True) traces it
+    (dynamo replays the dict write after the graph). It runs on every CPU call, so it is kept
+    to a microsecond or two: a GPT-2 decode step makes 25 LayerNorm calls.
+    """
+    if x.is_cuda:
+        return False
+    chosen = mode()
+    if chosen == "cuda":
+        return False
+    device_type = x.device.type
+    if chosen == "torch":
+        _decisions[(op, device_type)] = "torch fallback: TOYKERNELS_BACKEND=torch"
+    else:
+        _decisions[(op, device_type)] = f"torch fallback: tensor is on {device_type}"
+    return True
+
+
 def select(op: str, *tensors: torch.Tensor | None, unsupported: str | None = None):
     """The built extension module to run `op` on these tensors, or None for the torch fallback."""
     device = next(t.device for t in tensors if t is not None)
@@ -94,18 +122,27 @@ def select(op: str, *tensors: torch.Tensor | None, unsupported: str | None = Non
             raise RuntimeError(f"{op}: TOYKERNELS_BACKEND=cuda but the CUDA kernel cannot run: {reason}")
         _decisions[(op, device.type)] = f"torch fallback: {reason}"
         return None
+    module = load_or_fall_back(op, device, chosen)
+    if module is not None:
+        _decisions[(op, device.type)] = "cuda: " + _built[(op, arch_list(device))]
+    return module
+
+
+def load_or_fall_back(op: str, device: torch.device, chosen: str):
+    """The op's extension, or None after a failed build: then warn once per op and device type
+    with the compiler's first error and the log's path; forced `cuda` raises instead."""
     try:
-        module = _load(op, device)
+        return _load(op, device)
     except BuildError as error:
         if chosen == "cuda":
             raise RuntimeError(f"{op}: TOYKERNELS_BACKEND=cuda but the build failed: {error}") from error
         decision = f"torch fallback: build failed: {error}"
-        if _decisions.get((op, device.type)) != decision:
-            warnings.warn(f"toykernels {op}: {decision}", RuntimeWarning, stacklevel=3)
+        key = (op, arch_list(device))
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"toykernels {op}: {decision}", RuntimeWarning, stacklevel=4)
         _decisions[(op, device.type)] = decision
         return None
-    _decisions[(op, device.type)] = "cuda: " + _built[(op, arch_list(device))]
-    return module
 
 
 def _predict(op: str, device: torch.device) -> str:

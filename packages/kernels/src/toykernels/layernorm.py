@@ -6,7 +6,11 @@
    these directly.
 2. torch custom ops (`toykernels::layer_norm_fwd`, `::add_layer_norm_fwd`, `::layer_norm_bwd`)
    with fake (meta) and autograd registrations, so torch.compile(fullgraph=True) traces them.
-3. The functional API, which validates its input: `layer_norm`, `add_layer_norm`.
+3. The functional API, which validates its input: `layer_norm`, `add_layer_norm`. For tensors
+   that are not on CUDA it calls F.layer_norm directly (see `backend.native_path`): PyTorch's
+   native CPU kernel, differentiated by autograd, costs a few microseconds per call where the
+   custom op with its Python formulas costs tens. The custom ops stay the CUDA path (and the
+   path of forced `TOYKERNELS_BACKEND=cuda`), and toygrad.Tensor uses layer 1.
 4. `LayerNorm`, a drop-in for torch.nn.LayerNorm over the last dimension.
 
 The math, for one row x of width C (the statistics are fp32, or fp64 for fp64 input):
@@ -20,6 +24,7 @@ and the backward, with g = dy * weight:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toykernels import backend
@@ -293,9 +298,28 @@ _add_layer_norm_op.register_autograd(_backward_add_layer_norm, setup_context=_se
 # layer 3: the functional API
 
 
+def _native_params(x, weight, bias):
+    """weight and bias in the dtypes F.layer_norm accepts with x.
+
+    Its CPU kernel takes fp16/bf16 input with fp32 parameters (the statistics are fp32 either
+    way), but otherwise wants one dtype for all three; `_check` allows each parameter in x's
+    dtype or fp32. The casts are differentiable: gradients come back in each parameter's dtype.
+    """
+    if (weight is None or weight.dtype == x.dtype) and (bias is None or bias.dtype == x.dtype):
+        return weight, bias
+    target = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return (
+        weight.to(target) if weight is not None else None,
+        bias.to(target) if bias is not None else None,
+    )
+
+
 def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5):
     """LayerNorm over the last dimension, like F.layer_norm(x, (C,), weight, bias, eps)."""
     _check(x, weight, bias, eps)
+    if backend.native_path("layer_norm", x):
+        weight, bias = _native_params(x, weight, bias)
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, float(eps))
     return _layer_norm_op(x, weight, bias, float(eps))[0]
 
 
@@ -306,6 +330,11 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Ten
     """
     _check(x, weight, bias, eps, op="add_layer_norm")
     _check_residual(x, residual)
+    if backend.native_path("layer_norm", x):
+        # off CUDA there is no pass over memory to save: the add and PyTorch's own LayerNorm
+        s = x + residual
+        weight, bias = _native_params(x, weight, bias)
+        return s, F.layer_norm(s, (x.shape[-1],), weight, bias, float(eps))
     s, y, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
     return s, y
 
