@@ -1,11 +1,15 @@
 """toygpt <-> transformers GPT-2: logits and loss equal within 1e-5 (fp32, CPU) both ways."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from toygpt import GPT, GPTConfig
 from toygpt.errors import ToyGPTError
 
@@ -22,11 +26,10 @@ SHAPES = [
 
 
 def hf_logits_loss(hf, idx):
-    """transformers' logits, and the next-token loss on them computed the way toygpt does."""
+    """transformers' logits, and its own next-token loss (labels=idx: it shifts them itself)."""
     with torch.no_grad():
-        logits = hf(idx).logits
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1))
-    return logits, loss
+        out = hf(idx, labels=idx)
+    return out.logits, out.loss
 
 
 def toygpt_logits_loss(model, idx):
@@ -150,3 +153,70 @@ def test_hub_name_offline_and_not_cached_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(ToyGPTError, match="'gpt2' is not in the Hugging Face cache.*local directory"):
         GPT.from_pretrained("gpt2")
     assert time.perf_counter() - t0 < 30
+
+
+def test_sharded_safetensors_checkpoint(tmp_path):
+    """A checkpoint split into shards with model.safetensors.index.json loads whole."""
+    torch.manual_seed(5)
+    config = transformers.GPT2Config(n_layer=3, n_head=2, n_embd=32, vocab_size=211, n_positions=17)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    model = GPT.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 211, (2, 17))
+    torch.testing.assert_close(toygpt_logits_loss(model, idx)[0], hf_logits_loss(hf, idx)[0], atol=1e-5, rtol=0)
+
+
+def put_in_hub_cache(hub_cache, repo_id, model_dir):
+    """Lay a model directory out as the Hugging Face cache does after a download:
+    hub/models--{org}--{name}/refs/main (the commit) and snapshots/{commit}/ (the files)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_name_through_the_cache(make_hf_checkpoint, tmp_path, monkeypatch):
+    """A repo id found in the Hugging Face cache loads offline, without touching the network."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    path, hf = make_hf_checkpoint(n_layer=2, n_head=2, n_embd=16, vocab_size=53, n_positions=11)
+    put_in_hub_cache(tmp_path / "hub", "toy-org/tiny-gpt2", path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = GPT.from_pretrained("toy-org/tiny-gpt2").eval()
+    idx = torch.randint(0, 53, (2, 11))
+    torch.testing.assert_close(toygpt_logits_loss(model, idx)[0], hf_logits_loss(hf, idx)[0], atol=1e-5, rtol=0)
+
+
+def run_toygpt_cli(args, env_overrides, tmp_path):
+    """`python -m toygpt ARGS` in a fresh process with an empty Hugging Face home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), **env_overrides)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "toygpt", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+    return proc, time.perf_counter() - t0
+
+
+def closed_port() -> int:
+    with socket.socket() as s:  # a port nothing listens on: connecting is refused at once
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("network", ["HF_HUB_OFFLINE", "unreachable"])
+def test_hub_name_not_cached_fresh_process(tmp_path, network):
+    """The real thing, not monkeypatched: an empty HF_HOME, and either HF_HUB_OFFLINE=1 or a hub
+    endpoint that refuses connections. One line on stderr, exit code 2, no hang."""
+    env = {"HF_HUB_OFFLINE": "1"} if network == "HF_HUB_OFFLINE" else {
+        "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    proc, seconds = run_toygpt_cli(["generate", "--model", "gpt2", "--prompt", "Hi"], env, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    reason = "disabled (HF_HUB_OFFLINE)" if network == "HF_HUB_OFFLINE" else "unreachable"
+    assert "'gpt2' is not in the Hugging Face cache" in proc.stderr and reason in proc.stderr
+    assert "local directory" in proc.stderr
+    assert seconds < 60  # importing torch dominates; the probe itself gives up after 3 s

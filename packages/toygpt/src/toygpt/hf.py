@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -239,34 +240,52 @@ def _looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def _hub_reachable() -> bool:
+def _hub_reachable(timeout: float = _PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the hub (HF_ENDPOINT) opens within `timeout` seconds."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=_PROBE_SECONDS):
-            return True
-    except OSError:
-        return False
+    port = url.port or (80 if url.scheme == "http" else 443)
+    # NOTE: the DNS lookup inside create_connection ignores its timeout and can block for a long
+    # time on a machine without network, so the probe runs in a daemon thread that we stop
+    # waiting for after `timeout` seconds (tokenizers/gpt2.py probes the same way).
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except (OSError, ValueError):
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def resolve_hub(name: str) -> Path:
-    """Local snapshot directory of a hub repo: from the cache, else downloaded when online."""
+    """Local snapshot directory of a hub repo: from the cache, else downloaded when online.
+
+    Only config.json and the safetensors weights are fetched; a repo that has no safetensors
+    (old checkpoints) gets its pytorch_model*.bin files in a second pass.
+    """
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub import constants, snapshot_download
     except ImportError:
         raise ToyGPTError(
             f"{name!r} is not a local directory, and loading hub names needs huggingface_hub "
             "(pip install 'toygpt[hf]'); or pass a local model directory"
         ) from None
-    patterns = ["config.json", "*.safetensors", "*.json"]
-    try:
-        return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
-    except Exception:  # an invalid repo id and the like
-        pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    patterns = ["*.json", "*.safetensors"]
+    bin_patterns = ["*.json", "pytorch_model*.bin"]
+    for allow in (patterns, bin_patterns):
+        try:
+            path = Path(snapshot_download(name, allow_patterns=allow, local_files_only=True))
+        except Exception:  # LocalEntryNotFoundError, an invalid repo id, and the like
+            continue
+        if _has_weights(path):
+            return path
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():
         raise ToyGPTError(
             f"model {name!r} is not in the Hugging Face cache and the hub is "
@@ -275,6 +294,13 @@ def resolve_hub(name: str) -> Path:
             "config.json + model.safetensors, e.g. GPT.from_pretrained('/path/to/gpt2')"
         )
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        path = Path(snapshot_download(name, allow_patterns=patterns))
+        if not _has_weights(path):
+            path = Path(snapshot_download(name, allow_patterns=bin_patterns))
+        return path
     except Exception as e:
         raise ToyGPTError(f"could not download {name!r} from the Hugging Face hub: {e}") from None
+
+
+def _has_weights(path: Path) -> bool:
+    return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
