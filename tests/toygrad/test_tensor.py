@@ -425,11 +425,22 @@ def test_torch_autograd_is_never_used():
             continue
         seen.add(id(node))
         assert not node.data.requires_grad and node.data.grad_fn is None, node._op
+        saved = [c.cell_contents for c in (node._backward.__closure__ or ())] if node._backward else []
+        for t in saved:  # the forward tensors each backward rule kept
+            if isinstance(t, torch.Tensor):
+                assert not t.requires_grad and t.grad_fn is None, node._op
         stack.extend(node._prev)
     assert len(seen) > 30
     loss.backward()
     for p in model.parameters():
         assert not p.grad.requires_grad and p.grad.grad_fn is None
+    # with torch's autograd switched off altogether the gradients are the same, bit for bit
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autograd.set_grad_enabled(False):
+        model(idx, idx)[1].backward()
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
 
 
 def test_gradients_accumulate_and_zero_grad():

@@ -1,6 +1,7 @@
 """toygrad.tensor's GPT, nn and optim against torch: same weights -> same loss and gradients."""
 
 import math
+import statistics
 
 import pytest
 
@@ -10,6 +11,9 @@ pytest.importorskip("toykernels")
 from toygrad.tensor import Tensor, nn, optim  # noqa: E402
 from toygrad.tensor.reference import TorchGPT  # noqa: E402
 from toygrad.tensor.train_gpt import TrainConfig, main, train  # noqa: E402
+
+# mygpt-char: toygpt's preset shape (context 64, 128 channels, 8 heads, 4 layers)
+MYGPT_CHAR = dict(block_size=64, n_layer=4, n_head=8, n_embd=128)
 
 SMALL = dict(block_size=16, vocab_size=23, n_layer=2, n_head=4, n_embd=32)
 
@@ -52,11 +56,29 @@ def test_gpt_matches_toygpt():
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.1)
+    # the same parameters under the same names (nothing silently left out on either side)
+    assert {n for n, _ in ref.named_parameters()} == {n for n, _ in model.named_parameters()}
     sd = {k: v for k, v in ref.state_dict().items() if k in model.state_dict()}
     model.load_state_dict(sd)
     idx = torch.randint(0, 23, (3, 16))
     targets = torch.randint(0, 23, (3, 16))
     assert_same_loss_and_grads(model, ref, idx, targets, 1e-5, 1e-5)
+
+
+def test_gradient_accumulation_over_micro_batches_matches_torch():
+    """Two backward() calls before a step add up, as torch's do (the grad_accum pattern)."""
+    torch.manual_seed(1)
+    config = nn.GPTConfig(**SMALL)
+    model = nn.GPT(config).to(dtype=torch.float64)
+    ref = TorchGPT(config).to(dtype=torch.float64)
+    ref.load_state_dict(model.state_dict())
+    for _ in range(2):
+        idx, targets = torch.randint(0, 23, (2, 16)), torch.randint(0, 23, (2, 16))
+        (model(idx, targets)[1] * 0.5).backward()
+        (ref(idx, targets)[1] * 0.5).backward()
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-10, atol=1e-13, msg=name)
 
 
 def test_state_dict_names_and_tying():
@@ -106,6 +128,21 @@ def test_optimizers_match_torch(make_toy, make_ref):
         torch.testing.assert_close(t.data, r.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping, and a norm already below the cap
+def test_clip_grad_norm_matches_torch(max_norm):
+    toy, ref, g = _toy_and_torch_params(2)
+    for t, r in zip(toy, ref):
+        grad = torch.randn(r.shape, generator=g, dtype=torch.float64)
+        t.grad, r.grad = grad.clone(), grad.clone()
+    norm = optim.clip_grad_norm_(toy, max_norm)
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    torch.testing.assert_close(norm, ref_norm, rtol=1e-12, atol=0)
+    for t, r in zip(toy, ref):
+        torch.testing.assert_close(t.grad, r.grad, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="max_norm must be > 0, got 0"):
+        optim.clip_grad_norm_(toy, 0)
+
+
 def test_optimizer_errors():
     with pytest.raises(ValueError, match="empty parameter list"):
         optim.AdamW([])
@@ -114,8 +151,8 @@ def test_optimizer_errors():
 
 
 def test_training_matches_torch_on_shakespeare(shakespeare_path):
-    """A short run of the training script: the loss falls and follows the torch.autograd model
-    trained from the same weights on the same batches."""
+    """A short run of the training script on a small model: the loss falls and follows the
+    torch.autograd model trained from the same weights on the same batches."""
     cfg = TrainConfig(steps=12, batch_size=4, block_size=32, n_layer=2, n_head=4, n_embd=32,
                       lr=3e-3, eval_interval=0)
     history = train(cfg, shakespeare_path, compare="torch", log=lambda *_: None)
@@ -125,9 +162,57 @@ def test_training_matches_torch_on_shakespeare(shakespeare_path):
         assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-4)
 
 
+def test_mygpt_char_training_follows_toygpt(shakespeare_path):
+    """toygrad-train-gpt's default model and recipe (mygpt-char) against toygpt's GPT trained
+    from the same weights on the same Tiny Shakespeare batches with torch.autograd, torch's
+    AdamW and clipping: 20 steps, the two loss curves agree step by step to 1e-5 relative, a
+    thousand times closer than the batch-to-batch noise of the curve itself."""
+    pytest.importorskip("toygpt.model")
+    cfg = TrainConfig(steps=20, batch_size=8, eval_interval=0)
+    assert {k: getattr(cfg, k) for k in MYGPT_CHAR} == MYGPT_CHAR
+    history = train(cfg, shakespeare_path, compare="toygpt", log=lambda *_: None)
+    losses = [r["loss"] for r in history]
+    assert losses[0] == pytest.approx(math.log(65), rel=0.05)
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.8  # it learns (4.2 -> ~3.0 nats)
+    for r in history:
+        assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5), r
+    noise = statistics.stdev(b - a for a, b in zip(losses[-10:], losses[-9:]))  # step-to-step jitter
+    assert max(abs(r["loss"] - r["ref_loss"]) for r in history) < 1e-3 * noise
+
+
+def test_train_defaults_are_toygpts_mygpt_char_recipe():
+    """The same recipe as `toygpt train --preset mygpt-char`, so the curves are comparable."""
+    toygpt_train = pytest.importorskip("toygpt.train")
+    ref = toygpt_train.make_config("mygpt-char")
+    cfg = TrainConfig()
+    assert {k: getattr(cfg, k) for k in MYGPT_CHAR} == {k: getattr(ref, k) for k in MYGPT_CHAR}
+    assert (cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.beta2, cfg.grad_clip, cfg.dropout) == (
+        ref.batch_size, ref.learning_rate, ref.weight_decay, ref.beta2, ref.grad_clip, ref.dropout)
+    assert not ref.decay_lr and ref.beta1 == 0.9  # toygrad's lr is constant, beta1 0.9
+
+
 def test_cli_reports_a_missing_file(tmp_path, capsys):
     assert main([str(tmp_path / "nope.txt"), "--steps", "1"]) == 2
-    assert "nope.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope.txt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_rejects_bad_flags(shakespeare_path, capsys):
+    assert main([str(shakespeare_path), "--steps", "0"]) == 2
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
+    assert main([str(shakespeare_path), "--dtype", "float16"]) == 2
+    assert "--dtype must be float32 or bfloat16, got 'float16'" in capsys.readouterr().err
+
+
+def test_cli_trains_and_writes_a_csv(shakespeare_path, tmp_path, capsys):
+    out = tmp_path / "losses.csv"
+    args = [str(shakespeare_path), "--steps", "3", "--batch-size", "2", "--n-layer", "1", "--n-embd", "32",
+            "--n-head", "2", "--block-size", "16", "--eval-interval", "3", "--eval-iters", "1",
+            "--compare", "torch", "--csv", str(out)]
+    assert main(args) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "step,loss,ms,ref_loss" and len(rows) == 4
+    assert "max |loss - torch loss| over 3 steps" in capsys.readouterr().out
 
 
 @pytest.mark.cuda

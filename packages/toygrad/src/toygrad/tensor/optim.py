@@ -1,4 +1,5 @@
-"""SGD and AdamW for toygrad Tensors: the update rules written out, as torch.optim computes them.
+"""SGD and AdamW for toygrad Tensors: the update rules written out, as torch.optim computes them,
+and `clip_grad_norm_` (torch.nn.utils'), which nanoGPT's and toygpt's training loops apply.
 
 Parameters are given as a list of Tensors or, as in torch, a list of groups
 `{"params": [...], "lr": ..., "weight_decay": ...}` whose keys override the defaults.
@@ -13,7 +14,7 @@ import torch
 
 from toygrad.tensor.tensor import Tensor
 
-__all__ = ["Optimizer", "SGD", "AdamW"]
+__all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm_"]
 
 
 class Optimizer:
@@ -99,3 +100,24 @@ class AdamW(Optimizer):
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(eps)
                 p.data.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+
+
+def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients in place so that their global L2 norm is at most `max_norm`.
+
+    The global norm is the norm of all gradients concatenated, sqrt(sum_p ||g_p||^2); every
+    gradient is multiplied by min(1, max_norm / (norm + 1e-6)), torch.nn.utils.clip_grad_norm_'s
+    formula. Returns the norm before clipping (a 0-d tensor, as torch: no device sync).
+    """
+    if max_norm <= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    norms = torch.stack([torch.linalg.vector_norm(g).to(dtype) for g in grads])  # (n_params,)
+    total = torch.linalg.vector_norm(norms)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:  # leaf gradients belong to their parameter (the engine copies them in)
+        g.mul_(coef.to(g.dtype))
+    return total

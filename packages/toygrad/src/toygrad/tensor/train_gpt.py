@@ -1,13 +1,18 @@
 """toygrad-train-gpt: train a character-level GPT on a text file with toygrad's own backward pass.
 
-The default shape is `mygpt-char` (context 64, 128 channels, 8 heads, 4 layers, batch 16):
+The defaults are toygpt's `mygpt-char` preset, shape and recipe (context 64, 128 channels,
+8 heads, 4 layers, no dropout; batch 16, AdamW lr 1e-3 constant, betas (0.9, 0.999), weight
+decay 0.01 on matrices, gradient norm clipped to 1.0), so its loss curve is comparable with
+`toygpt train --preset mygpt-char`'s:
 
     toygrad-train-gpt ../shared/data/tinyshakespeare/input.txt --steps 300
 
-`--compare torch` (or `--compare toygpt`, when toygpt's GPT is installed) trains a
-torch.autograd model side by side from the SAME initial weights on the SAME batches, with
-torch.optim.AdamW, and prints both losses per step: the curves should agree to within float
-round-off drift, which is the end-to-end check that every backward rule is right.
+`--compare toygpt` (toygpt's GPT, when toygpt is installed) or `--compare torch` (the same model
+in torch.nn, toygrad.tensor.reference) trains a torch.autograd model side by side from the SAME
+initial weights on the SAME batches with the same recipe (torch.optim.AdamW,
+torch.nn.utils.clip_grad_norm_), and prints both losses per step: the curves agree to float
+round-off, far inside the batch-to-batch noise, which is the end-to-end check that every
+backward rule is right.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ import torch
 
 from toygrad.tensor import no_grad
 from toygrad.tensor.nn import GPT, GPTConfig
+from toygrad.tensor.optim import clip_grad_norm_
 
 
 @dataclass
 class TrainConfig:
+    """The flags; defaults are toygpt's `mygpt-char` preset (toygpt/train.py PRESETS)."""
+
     steps: int = 300  # optimizer steps
     batch_size: int = 16
     block_size: int = 64  # context length
@@ -35,9 +43,10 @@ class TrainConfig:
     n_head: int = 8
     n_embd: int = 128
     dropout: float = 0.0
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    beta2: float = 0.99  # nanoGPT's shakespeare-char setting: few tokens per step
+    lr: float = 1e-3  # constant, as mygpt-char (decay_lr=False)
+    weight_decay: float = 0.01  # on >= 2-D parameters only
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
     eval_interval: int = 100  # estimate train/val loss every this many steps (0: never)
     eval_iters: int = 20
     seed: int = 1337
@@ -86,12 +95,17 @@ def _torch_model(kind: str, model_config: GPTConfig):
         from toygpt.model import GPT as ToyGPT
         from toygpt.model import GPTConfig as ToyGPTConfig
     except ImportError as e:
-        raise SystemExit(f"toygrad-train-gpt: --compare toygpt needs toygpt's GPT model: {e}") from None
+        raise ImportError(f"--compare toygpt needs toygpt's GPT model (pip install ./packages/toygpt): {e}") from None
     return ToyGPT(ToyGPTConfig(**{f.name: getattr(model_config, f.name) for f in fields(GPTConfig)}))
 
 
 def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) -> list[dict]:
     """Train and return one record per step: {"step", "loss", "ref_loss" (with compare), "ms"}."""
+    for name in ("steps", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_iters"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     torch.manual_seed(cfg.seed)
     data = CharData(data_path, cfg.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
@@ -102,7 +116,12 @@ def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) ->
     ref = ref_optimizer = None
     if compare:
         ref = _torch_model(compare, mc).to(device=cfg.device, dtype=dtype)
-        ref.load_state_dict(model.state_dict(), strict=False)  # the same initial weights
+        # the same initial weights; every parameter must be covered (buffers may differ)
+        ref_names = {name for name, _ in ref.named_parameters(remove_duplicate=False)}
+        own = model.state_dict()
+        if ref_names - set(own):
+            raise ValueError(f"--compare {compare}: parameters {sorted(ref_names - set(own))} have no toygrad twin")
+        ref.load_state_dict(own, strict=False)
         decay = [p for p in ref.parameters() if p.dim() >= 2]
         no_decay = [p for p in ref.parameters() if p.dim() < 2]
         ref_optimizer = torch.optim.AdamW(
@@ -120,12 +139,16 @@ def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) ->
         _, loss = model(x, y)
         optimizer.zero_grad()
         loss.backward()
+        if cfg.grad_clip > 0:
+            clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         record = {"step": step, "loss": loss.item(), "ms": 1000 * (time.perf_counter() - t0)}
         if ref is not None:
             _, ref_loss = ref(x, y)
             ref_optimizer.zero_grad(set_to_none=True)
             ref_loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
             ref_optimizer.step()
             record["ref_loss"] = ref_loss.item()
         if not math.isfinite(record["loss"]):
@@ -163,11 +186,9 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", help="write step, loss (, ref_loss), ms to this CSV file")
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    if cfg.dtype not in ("float32", "bfloat16"):
-        parser.error(f"--dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     try:
         history = train(cfg, args.data, compare=args.compare)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"toygrad-train-gpt: error: {e}", file=sys.stderr)
         return 2
     if args.csv:
