@@ -14,8 +14,9 @@ preallocated buffers in place, and the queries (Tq new positions) attend to all 
 positions with the causal mask aligned bottom-right (Tq <= Tk).
 
 `forward(idx, targets)` always returns logits for every position (as transformers does; this is
-what the equivalence tests compare). Generation uses `forward_cached`, which returns logits for
-the last position only.
+what the equivalence tests compare). Generation runs the prompt through `forward_cached`, which
+returns logits for the last position only, and then each new token through
+`generation.Decoder`, the same block math for one position without the module machinery.
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             k_buf, v_buf = kv_cache
-            k_buf[:, :, pos:pos + T] = k
-            v_buf[:, :, pos:pos + T] = v
-            k, v = k_buf[:, :, :pos + T], v_buf[:, :, :pos + T]  # (B, nh, pos+T, hs)
+            k_buf.narrow(2, pos, T).copy_(k)
+            v_buf.narrow(2, pos, T).copy_(v)
+            k, v = k_buf.narrow(2, 0, pos + T), v_buf.narrow(2, 0, pos + T)  # (B, nh, pos+T, hs)
         y = toykernels.causal_attention(q, k, v)  # (B, nh, T, hs), Tq = T <= Tk
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -210,8 +211,9 @@ class GPT(nn.Module):
     def _trunk(self, idx, kv_caches=None, pos=0):
         """Embeddings and blocks, then ln_f: (B, T) ids -> (B, T, C) hidden states."""
         T = idx.shape[1]
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
+        # positions pos .. pos+T-1 are consecutive: a slice of the table, no index tensor needed
+        position_embeddings = self.transformer.wpe.weight[pos:pos + T]  # (T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + position_embeddings)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i], pos)
         return self.transformer.ln_f(x)
