@@ -25,7 +25,7 @@ def test_prepare_char_writes_the_tokens_of_the_text(tmp_path):
     train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
     assert train.tolist() + val.tolist() == ids
-    assert len(val) == int(len(ids) * 0.25)
+    assert len(train) == int(len(ids) * 0.75)  # nanoGPT's split point
     on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert on_disk == meta
     assert meta["source_sha256"] == hashlib.sha256(TEXT.encode()).hexdigest()
@@ -117,3 +117,59 @@ def test_fetch_offline_fails_at_once_suggesting_input(tmp_path, monkeypatch):
 
 def test_registry_sha256_matches_the_shared_copy(shakespeare_path):
     assert data.sha256_of(shakespeare_path) == data.DATASETS["shakespeare"].sha256
+
+
+def test_cli_prepare_dataset_downloads_through_the_registry(shakespeare_path, tmp_path, monkeypatch, capsys):
+    from toygpt import cli
+
+    # the registry's entry, served from a file:// URL of the shared copy (no test downloads)
+    monkeypatch.setenv("TOYGPT_CACHE", str(tmp_path / "cache"))
+    entry = data.DATASETS["shakespeare"]
+    monkeypatch.setitem(data.DATASETS, "shakespeare",
+                        data.RemoteText(shakespeare_path.resolve().as_uri(), entry.sha256, entry.filename))
+    assert cli.main(["prepare", "--dataset", "shakespeare", "--out", str(tmp_path / "out")]) == 0
+    assert "1,003,854 train and 111,540 val tokens" in capsys.readouterr().out  # nanoGPT's counts
+    text = shakespeare_path.read_text()
+    ids = np.concatenate([np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert ids.tolist() == CharTokenizer.from_text(text).encode(text)
+    assert (tmp_path / "cache" / "datasets" / entry.filename).read_text() == text
+
+
+def test_cli_prepare_offline_is_one_line_suggesting_input(tmp_path, monkeypatch, capsys):
+    import socket
+    import time
+
+    from toygpt import cli
+
+    monkeypatch.setenv("TOYGPT_CACHE", str(tmp_path / "cache"))
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = data.DATASETS["shakespeare"]
+    monkeypatch.setitem(data.DATASETS, "shakespeare",
+                        data.RemoteText(f"http://127.0.0.1:{port}/input.txt", entry.sha256, entry.filename))
+    t0 = time.perf_counter()
+    code = cli.main(["prepare", "--dataset", "shakespeare", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "dataset 'shakespeare'" in err and "--input FILE" in err
+    assert time.perf_counter() - t0 < 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prepare_into_a_file_is_one_line(tmp_path, capsys):
+    from toygpt import cli
+
+    (tmp_path / "in.txt").write_text(TEXT)
+    (tmp_path / "taken").write_text("a file, not a directory")
+    code = cli.main(["prepare", "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "taken")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"cannot write to --out {tmp_path / 'taken'}" in err
+    assert (tmp_path / "taken").read_text() == "a file, not a directory"
+
+
+def test_meta_json_records_the_tokenizer_sha256(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT)
+    meta = prepare(src, "char", tmp_path / "out")
+    assert meta["tokenizer_sha256"] == hashlib.sha256((tmp_path / "out" / "tokenizer.json").read_bytes()).hexdigest()

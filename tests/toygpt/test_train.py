@@ -231,3 +231,94 @@ def test_batches_are_windows_of_the_token_file(data_dir):
     for r in range(2):
         assert (batch_offsets(len(tokens), 8, 5, 3, 7, 0, rank=r, world_size=2)
                 == batch_offsets(len(tokens), 8, 5, 3, 7, r, grad_accum=2)).all()
+
+
+def test_help_lists_the_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "-h"])
+    out = capsys.readouterr().out
+    presets = out[out.index("presets ("):]
+    for name in ("bigram", "mygpt-char", "shakespeare-char", "gpt2"):
+        assert f"  {name}:\n" in presets
+    shakespeare = presets[presets.index("shakespeare-char:"):presets.index("gpt2:")]
+    for flag in ("--n-embd 384", "--block-size 256", "--dropout 0.2", "--no-bias", "--warmup-iters 100"):
+        assert flag in shakespeare
+
+
+def test_generate_cli_samples_from_a_training_checkpoint(data_dir, tmp_path, capsys):
+    result = train(tiny(data_dir, tmp_path / "run", max_iters=3, dropout=0.0, sample_tokens=0))
+    model = result["model"].eval()
+    model.tokenizer = checkpoint.load_model(tmp_path / "run" / "ckpt").tokenizer
+    capsys.readouterr()  # the trainer's log
+    argv = ["generate", "--model", str(tmp_path / "run" / "ckpt"), "--prompt", "To be",
+            "--max-new-tokens", "20", "--top-k", "5", "--seed", "7"]
+    assert cli.main(argv) == 0
+    expected = "".join(model.generate(prompt="To be", max_new_tokens=20, top_k=5, seed=7))
+    assert len(expected) == 20 and capsys.readouterr().out == expected + "\n"
+
+
+def test_bigram_preset_trains_resumes_and_reloads(data_dir, tmp_path):
+    from toygpt.bigram import BigramLanguageModel
+
+    settings = dict(data=str(data_dir), batch_size=8, max_iters=40, eval_interval=20, eval_iters=4,
+                    sample_tokens=10, progress=False, device="cpu")
+    full = train(make_config("bigram", out=str(tmp_path / "full"), **settings))
+    assert isinstance(full["model"], BigramLanguageModel)
+    assert np.mean(full["losses"][-5:]) < np.mean(full["losses"][:5]) - 0.1  # it learns
+    first = train(make_config("bigram", out=str(tmp_path / "split"), **{**settings, "max_iters": 20}))
+    second = train(make_config("bigram", out=str(tmp_path / "split"), resume=True, **settings))
+    assert first["losses"] + second["losses"] == full["losses"]
+    reloaded = checkpoint.load_model(tmp_path / "split" / "ckpt")
+    assert isinstance(reloaded, BigramLanguageModel)
+    torch.testing.assert_close(reloaded.state_dict(), full["model"].state_dict(), rtol=0, atol=0)
+
+
+def _error_of(argv, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_tokenizer_swapped_beside_the_data_is_an_error(data_dir, tmp_path, capsys):
+    # the same number of characters, but not the same characters: only the sha256 can tell
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.replace("q", "Q"))
+    prepare(other, "char", tmp_path / "data2")
+    (data_dir / "tokenizer.json").write_bytes((tmp_path / "data2" / "tokenizer.json").read_bytes())
+    cfg = tiny(data_dir, tmp_path / "run")
+    err = _error_of(_argv(cfg), capsys)
+    assert str(data_dir / "tokenizer.json") in err and "does not match the data" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_token_files_that_do_not_fit_meta_json_are_errors(data_dir, tmp_path, capsys):
+    cfg = tiny(data_dir, tmp_path / "run")
+    train_bin = data_dir / "train.bin"
+    raw = train_bin.read_bytes()
+    train_bin.write_bytes(raw[:-20])  # 10 whole uint16 tokens short
+    n = len(raw) // 2
+    err = _error_of(_argv(cfg), capsys)
+    assert f"{train_bin} holds {n - 10} tokens but meta.json says {n}" in err
+    train_bin.write_bytes(raw[:-1])  # half a token
+    assert f"{train_bin} is truncated" in _error_of(_argv(cfg), capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_device_and_dtype_are_one_line_errors(data_dir, tmp_path, capsys):
+    argv = _argv(tiny(data_dir, tmp_path / "run"))
+    at = argv.index("--device") + 1
+    err = _error_of(argv[:at] + ["tpu:0"] + argv[at + 1:], capsys)
+    assert "--device 'tpu:0'" in err
+    if not torch.cuda.is_available():
+        err = _error_of(argv[:at] + ["cuda"] + argv[at + 1:], capsys)
+        assert "--device cuda: CUDA is not available" in err
+    assert "unknown --dtype 'fp8'" in _error_of(argv + ["--dtype", "fp8"], capsys)
+    assert "--batch-size must be at least 1, got 0" in _error_of(argv + ["--batch-size", "0"], capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_run_directory_is_a_one_line_error(data_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    err = _error_of(_argv(tiny(data_dir, tmp_path / "file" / "run")), capsys)
+    assert f"cannot create the run directory --out {tmp_path / 'file' / 'run'}" in err

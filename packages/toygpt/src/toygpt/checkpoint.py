@@ -7,6 +7,9 @@ Layout of `<run>/ckpt/`:
                                      size + sha256 of every other file (so truncation is detected)
     train_config.json                the TrainConfig again, for people
 
+The learning-rate schedule has no state of its own: it is a function of the step (train.get_lr),
+and so are the batches (data.batch_offsets), so the step is all a resumed run needs of either.
+
 Atomic save: everything is written into a temporary sibling directory, which is then renamed into
 place (the old checkpoint is first renamed aside and only deleted afterwards). A crash at any point
 leaves either the old or the new checkpoint whole; `resolve` finds the one that survived.
@@ -32,7 +35,8 @@ def save_checkpoint(path: str | Path, model, tokenizer, state: dict) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a crash of an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save(tmp / "tokenizer.json")
@@ -46,8 +50,22 @@ def save_checkpoint(path: str | Path, model, tokenizer, state: dict) -> Path:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # the renames themselves on disk
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows); the renames are still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve(path: str | Path) -> Path:

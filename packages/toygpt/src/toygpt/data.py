@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +59,37 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def _reachable(url: str, timeout: float) -> bool:
+    """Whether `url`'s host accepts a connection within `timeout` seconds (file:// URLs: always).
+
+    NOTE: the DNS lookup ignores socket timeouts and can block for long on a machine without a
+    network, so the probe runs in a daemon thread that we stop waiting for after `timeout`.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return True
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
 def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: float = 10.0) -> Path:
-    """Path of dataset `name`'s text: from the cache, else downloaded, checked and cached."""
+    """Path of dataset `name`'s text: from the cache, else downloaded, checked and cached.
+
+    Offline (the host does not answer within `timeout` seconds, DNS included) it fails at once
+    with a ToyGPTError that suggests `--input FILE`.
+    """
     registry = DATASETS if registry is None else registry
     if name not in registry:
         raise ToyGPTError(f"unknown dataset {name!r}; known: {', '.join(sorted(registry))} "
@@ -66,7 +98,16 @@ def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: flo
     path = cache_dir() / "datasets" / entry.filename
     if path.is_file() and sha256_of(path) == entry.sha256:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    offline = (f"offline? download {entry.url} elsewhere and pass it with --input FILE "
+               f"(e.g. `toygpt prepare --input input.txt ...`)")
+    if not _reachable(entry.url, timeout):
+        raise ToyGPTError(f"could not download dataset {name!r}: {urllib.parse.urlsplit(entry.url).hostname} "
+                          f"cannot be reached; {offline}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ToyGPTError(f"cannot create the dataset cache {path.parent} ({e}); set TOYGPT_CACHE "
+                          "or pass --input FILE") from None
     tmp = path.with_name(path.name + f".part{os.getpid()}")
     try:
         with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
@@ -74,8 +115,7 @@ def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: flo
                 f.write(chunk)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         tmp.unlink(missing_ok=True)
-        raise ToyGPTError(f"could not download dataset {name!r} from {entry.url} ({e}); "
-                          f"offline? download it elsewhere and pass --input FILE") from None
+        raise ToyGPTError(f"could not download dataset {name!r} from {entry.url} ({e}); {offline}") from None
     digest = sha256_of(tmp)
     if digest != entry.sha256:
         tmp.unlink(missing_ok=True)
@@ -100,16 +140,24 @@ def read_meta(data_dir: str | Path) -> dict:
 
 
 def load_tokens(data_dir: str | Path, split: str) -> np.memmap:
-    """The token ids of `split` ("train" or "val") as a read-only memory map."""
+    """The token ids of `split` ("train" or "val") as a read-only memory map, after checking the
+    file's size against meta.json's dtype and token count (a truncated file is an error)."""
     meta = read_meta(data_dir)
     path = Path(data_dir) / f"{split}.bin"
     if not path.is_file():
         raise ToyGPTError(f"{path} not found")
-    dtype = np.dtype(meta["dtype"])
-    if path.stat().st_size % dtype.itemsize:
-        raise ToyGPTError(f"{path} is truncated: {path.stat().st_size} bytes is not a whole number "
-                          f"of {meta['dtype']} tokens")
-    if path.stat().st_size == 0:
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except (KeyError, TypeError) as e:
+        raise ToyGPTError(f"{Path(data_dir) / 'meta.json'} has no valid dtype ({e})") from None
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise ToyGPTError(f"{path} is truncated: {size} bytes is not a whole number of {dtype.name} tokens")
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and size // dtype.itemsize != expected:
+        raise ToyGPTError(f"{path} holds {size // dtype.itemsize} tokens but meta.json says {expected}: "
+                          "it is truncated or from another `toygpt prepare` run")
+    if size == 0:
         raise ToyGPTError(f"{path} holds no tokens")
     return np.memmap(path, dtype=dtype, mode="r")
 

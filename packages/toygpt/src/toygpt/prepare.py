@@ -1,10 +1,11 @@
 """`toygpt prepare`: tokenize a text once into train.bin / val.bin for the trainer.
 
 Like nanoGPT's data/*/prepare.py scripts, folded into one command: the text's first
-(1 - val_fraction) of tokens go to train.bin, the rest to val.bin, as uint16 when the vocabulary
-fits (2 bytes a token) and uint32 otherwise. meta.json records the tokenizer, the token counts and
-the source's sha256; the tokenizer itself is saved as tokenizer.json beside them, so the trainer
-and every checkpoint know how to turn ids back into text.
+(1 - val_fraction) of tokens go to train.bin, the rest to val.bin (split where nanoGPT splits),
+as uint16 when the vocabulary fits (2 bytes a token) and uint32 otherwise. meta.json records the
+tokenizer, the token counts and the source's sha256; the tokenizer itself is saved as
+tokenizer.json beside them (its sha256 in meta.json too, so a tokenizer swapped in later is
+caught), and the trainer and every checkpoint know how to turn ids back into text.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_frac
         raise ToyGPTError(f"input file {text_path} is not UTF-8 text ({e})") from None
     tok = make_tokenizer(tokenizer, text)
     ids = np.array(tok.encode(text), dtype=np.int64)
-    n_val = int(len(ids) * val_fraction)
+    # the split point as nanoGPT's prepare.py computes it (Tiny Shakespeare: 1,003,854 / 111,540)
+    n_val = len(ids) - int(len(ids) * (1.0 - val_fraction))
     if n_val < 2 or len(ids) - n_val < 2:
         raise ToyGPTError(f"input file {text_path} is too short: {len(ids)} tokens cannot be split "
                           f"into train and val with --val-fraction {val_fraction}")
@@ -72,12 +74,19 @@ def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_frac
         "source": str(text_path),
         "source_sha256": sha256_of(text_path),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "train.bin", train.astype(dtype).tobytes())
-    _write_atomic(out_dir / "val.bin", val.astype(dtype).tobytes())
-    tok.save(out_dir / "tokenizer.json")
-    # meta.json last: a directory with meta.json is a complete one
-    _write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # meta.json goes first and last: removed first, a directory with an old meta.json but new
+        # token files can never be read; written last, a directory with meta.json is complete
+        (out_dir / "meta.json").unlink(missing_ok=True)
+        _write_atomic(out_dir / "train.bin", train.astype(dtype).tobytes())
+        _write_atomic(out_dir / "val.bin", val.astype(dtype).tobytes())
+        tok.save(out_dir / "tokenizer.json")
+        # the trainer checks the tokenizer beside the data against this
+        meta["tokenizer_sha256"] = sha256_of(out_dir / "tokenizer.json")
+        _write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as e:
+        raise ToyGPTError(f"cannot write to --out {out_dir} ({e.strerror or e})") from None
     return meta
 
 

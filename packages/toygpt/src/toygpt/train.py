@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from toygpt import checkpoint
-from toygpt.data import batch_offsets, get_batch, load_tokens, read_meta
+from toygpt.data import batch_offsets, get_batch, load_tokens, read_meta, sha256_of
 from toygpt.errors import ToyGPTError
 
 
@@ -43,9 +43,10 @@ def _f(default, help: str, **kw):
 class TrainConfig:
     # what to train, on what, where
     preset: str = _f("mygpt-char", "model + hyper-parameter preset: " + ", ".join(
-        ["bigram", "mygpt-char", "shakespeare-char", "gpt2"]))
-    data: str = _f("", "data directory written by `toygpt prepare`")
-    out: str = _f("runs/train", "run directory: checkpoint, metrics.jsonl, loss.png")
+        ["bigram", "mygpt-char", "shakespeare-char", "gpt2"]) + " (its values are listed below)",
+        metavar="NAME")
+    data: str = _f("", "data directory written by `toygpt prepare` (required)", metavar="DIR")
+    out: str = _f("runs/train", "run directory: checkpoint, metrics.jsonl, loss.png", metavar="DIR")
     resume: bool = _f(False, "continue from <out>/ckpt exactly where it stopped")
     overwrite: bool = _f(False, "start afresh even if <out>/ckpt exists")
     # model shape; None takes the preset's value
@@ -75,16 +76,18 @@ class TrainConfig:
     progress: bool = _f(True, "show a tqdm progress bar")
     # system
     seed: int = _f(1337, "seed of the weights, dropout and the batches")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = _f("auto", "auto (bf16 on CUDA, fp16 where bf16 is unsupported), float32, bfloat16, float16")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", metavar="DEVICE")
+    dtype: str = _f("auto", "auto (bf16 on CUDA, fp16 where bf16 is unsupported), float32, bfloat16, float16",
+                    metavar="DTYPE")
     compile: bool = _f(False, "torch.compile the model")
 
 
 # Each preset: TrainConfig values for the seed model's recipe (explicit flags override them).
 PRESETS: dict[str, dict] = {
-    # the NanoGPT seed's bigram model: its script trains 3000 steps at lr 1e-2, batch 32, context 8
+    # the NanoGPT seed's bigram model: its script trains 3000 steps at lr 1e-2, batch 32, context 8,
+    # with torch's AdamW defaults (weight decay 0.01, betas 0.9 / 0.999) and no gradient clipping
     "bigram": dict(block_size=8, batch_size=32, max_iters=3000, learning_rate=1e-2, decay_lr=False,
-                   weight_decay=0.0, eval_interval=300, eval_iters=200),
+                   weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=300, eval_iters=200),
     # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers, AdamW 1e-3, batch 16
     "mygpt-char": dict(n_layer=4, n_head=8, n_embd=128, block_size=64, dropout=0.0, bias=True,
                        batch_size=16, max_iters=5000, learning_rate=1e-3, decay_lr=False,
@@ -142,6 +145,10 @@ class TokenBatches:
         tok_path = Path(data_dir) / "tokenizer.json"
         if not tok_path.is_file():
             raise ToyGPTError(f"{tok_path} not found: {data_dir} is not a `toygpt prepare` output")
+        recorded = self.meta.get("tokenizer_sha256")  # absent in directories of older versions
+        if recorded is not None and sha256_of(tok_path) != recorded:
+            raise ToyGPTError(f"tokenizer {tok_path} is not the one {data_dir}/meta.json was written with "
+                              "(its sha256 differs): the tokenizer does not match the data")
         self.tokenizer = load_tokenizer(tok_path)
         self.tokenizer_path = tok_path
         self.vocab_size = self.tokenizer.vocab_size
@@ -184,13 +191,30 @@ def build_model(cfg: TrainConfig, vocab_size: int):
     return GPT(GPTConfig(vocab_size=vocab_size, **{k: v for k, v in shape.items() if v is not None}))
 
 
+def resolve_device(name: str) -> str:
+    """`auto` -> cuda when there is a GPU, else cpu; any other name is checked to exist here."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ToyGPTError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ToyGPTError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ToyGPTError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ToyGPTError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ToyGPTError(f"--device {name!r}: the trainer runs on cpu, cuda or mps")
+    return name
+
+
 def _setup_distributed(cfg: TrainConfig):
     """(rank, local_rank, world_size, device) under torchrun, or (0, 0, 1, device) without it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = cfg.device
+    device = resolve_device(cfg.device)
     if world_size == 1:
         return 0, 0, 1, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -244,6 +268,19 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def _read_records(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a line torn by a crash mid-write is dropped, not an error."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
 def plot_losses(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -273,6 +310,9 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     """
     from tqdm import tqdm
 
+    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
+        if getattr(cfg, name) < 1:
+            raise ToyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     rank, _, world_size, device = _setup_distributed(cfg)
     device_type = torch.device(device).type
     master = rank == 0
@@ -282,9 +322,6 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
         if not cfg.data:
             raise ToyGPTError("--data DIR is required (make one with `toygpt prepare`)")
         batches = TokenBatches(cfg.data, cfg, rank, world_size)
-    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
-        if getattr(cfg, name) < 1:
-            raise ToyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
 
     state = None
     if cfg.resume:
@@ -307,11 +344,11 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
         raise ToyGPTError(f"the checkpoint {ckpt_dir} has vocab_size {model.config.vocab_size} but the "
                           f"data's tokenizer has {batches.vocab_size}: they do not match")
     batches.check(block_size, cfg.batch_size)
+    ptdtype = _autocast_dtype(cfg, device_type)
     model.to(device)
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
-    ptdtype = _autocast_dtype(cfg, device_type)
     autocast = (torch.autocast(device_type=device_type, dtype=ptdtype)
                 if ptdtype != torch.float32 else nullcontext())
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
@@ -335,11 +372,16 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
     records: list[dict] = []
     if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ToyGPTError(f"cannot create the run directory --out {run_dir} ({e.strerror or e})") from None
         if state is not None and metrics_path.is_file():  # keep the curve up to the checkpoint
-            records = [r for r in map(json.loads, metrics_path.read_text().splitlines())
-                       if r["step"] <= start_step]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            records = [r for r in _read_records(metrics_path) if r["step"] <= start_step]
+        # rewritten through a temporary file: a crash here must not lose the curve so far
+        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, metrics_path)
 
     def log_record(record: dict) -> None:
         records.append(record)
@@ -469,6 +511,24 @@ def _parse_optional(type_):
     return parse
 
 
+def presets_help() -> str:
+    """The presets' values, for the end of `toygpt train -h` (the flags' own defaults are
+    TrainConfig's; a preset replaces some of them, and a flag given explicitly beats both)."""
+    lines = ["presets (each sets these values; flags given on the command line override them):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name}:")
+        line = "   "
+        for k, v in values.items():
+            flag = "--" + k.replace("_", "-")
+            item = (flag if v else f"--no-{flag[2:]}") if isinstance(v, bool) else f"{flag} {v}"
+            if len(line) + 1 + len(item) > 80:  # wrap between flags, never inside one
+                lines.append(line)
+                line = "   "
+            line += " " + item
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field: --n-layer, --learning-rate, --resume/--no-resume, ..."""
     types = {"int": int, "float": float, "str": str}
@@ -482,7 +542,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if "None" in str(f.type):
                 type_ = _parse_optional(type_)
             parser.add_argument(flag, action=_Store, type=type_, default=f.default,
-                                help=f.metadata["help"], metavar=base.upper())
+                                help=f.metadata["help"], metavar=f.metadata.get("metavar", base.upper()))
+    parser.epilog = presets_help()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,0 +1,473 @@
+"""Training speed and quality: toygpt's GPT and trainer against a plain PyTorch GPT and nanoGPT's figures.
+
+Four modes, one per question issue 6 asks:
+
+1. CPU step time (the default). nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 channels,
+   context 64, batch 12, dropout 0, no biases, vocab 65): one training step (forward, backward,
+   AdamW step) of toygpt's GPT against `PlainGPT` below, the same model written with nn.LayerNorm
+   and F.scaled_dot_product_attention(is_causal=True), holding the same weights. The losses and
+   gradients of the two are checked to agree before anything is timed. Rounds of --steps steps
+   alternate between the two (in alternating order), so a load that comes and goes on a shared
+   machine hits both alike; reported are the median step times and the median of the per-round
+   ratios toygpt / plain (goal <= 1.0).
+
+2. CPU quality (`--quality`): Tiny Shakespeare through `toygpt prepare --tokenizer char` and
+   toygpt's `train()`, two runs:
+   - nanoGPT's CPU recipe (its README's command on top of config/train_shakespeare_char.py:
+     4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 iterations, lr 1e-3 decayed to 1e-4
+     over 2000 after 100 warmup steps, beta2 0.99, weight decay 0.1, no biases, dropout 0,
+     eval_iters 20): val loss at the end (goal <= 1.88, nanoGPT's figure) and the wall time;
+   - the `mygpt-char` preset stopped at iteration 1500: the train loss there, as an evaluation over
+     --eval-batches batches (goal <= 1.60; MyGPT reported 1.516).
+   Rows go to benchmarks/results/train_cpu_quality.csv.
+
+3. GPU speed (`--device cuda`): GPT-2 124M, batch 16 x 1024 tokens, bf16 autocast, fused AdamW:
+   tokens/s and MFU (model FLOPs from train.flops_per_token, peak from train.PEAK_FLOPS; goal
+   MFU >= 40%), for toygpt and the plain model, into benchmarks/results/train.csv.
+
+4. GPU quality (`--device cuda --quality`): the `shakespeare-char` preset (nanoGPT's baby GPT,
+   5000 iterations): val loss (goal <= 1.47, nanoGPT's A100 figure) and wall time, into train.csv.
+
+Every CSV row carries the device, torch version, date and git commit.
+
+    python tools/bench_train.py                          # CPU step time, toygpt vs plain
+    python tools/bench_train.py --quality                # CPU quality runs (minutes)
+    python tools/bench_train.py --device cuda            # GPT-2 124M tokens/s and MFU
+    python tools/bench_train.py --device cuda --quality  # shakespeare-char on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from toygpt import GPT, GPTConfig
+from toygpt.train import PEAK_FLOPS, flops_per_token, make_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+# nanoGPT's CPU recipe: README's `python train.py config/train_shakespeare_char.py --device=cpu
+# --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
+# --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`; the rest is the
+# config file's (lr 1e-3, min_lr 1e-4, warmup 100, beta2 0.99) and train.py's defaults (weight
+# decay 0.1, beta1 0.9, grad_clip 1.0, bias False, eval_interval from the config: 250).
+NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
+                   batch_size=12, grad_accum=1, max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3,
+                   min_lr=1e-4, warmup_iters=100, decay_lr=True, beta1=0.9, beta2=0.99, weight_decay=0.1,
+                   grad_clip=1.0, eval_interval=250, eval_iters=20)
+NANOGPT_CPU_VAL_GOAL = 1.88  # nanoGPT's README: "val loss 1.88" for this recipe
+MYGPT_STEP, MYGPT_TRAIN_GOAL = 1500, 1.60  # MyGPT reported 1.516 at iteration 1500
+SHAKESPEARE_CHAR_VAL_GOAL = 1.47  # nanoGPT's README, on an A100
+MFU_GOAL = 0.40
+
+FIELDS = ["date", "commit", "torch", "device", "threads", "benchmark", "provider", "shape", "steps",
+          "step_ms", "tokens_per_s", "mfu", "ratio_vs_plain", "train_loss", "val_loss", "wall_s",
+          "goal", "met"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the plain PyTorch GPT: nanoGPT's model.py, with torch's own LayerNorm and attention
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.attn = nn.Module()
+        self.attn.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
+        self.attn.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.ln_2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
+        self.mlp.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
+        self.n_head = c.n_head
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.attn.c_attn(self.ln_1(x)).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        x = x + self.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class PlainGPT(nn.Module):
+    """The same GPT as toygpt's (same parameter names, so one state_dict loads into both), written
+    the way a PyTorch user would: nn.LayerNorm, scaled_dot_product_attention, no dropout."""
+
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.config = c
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd),
+            wpe=nn.Embedding(c.block_size, c.n_embd),
+            h=nn.ModuleList([PlainBlock(c) for _ in range(c.n_layer)]),
+            ln_f=nn.LayerNorm(c.n_embd, bias=c.bias),
+        ))
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2
+
+    def forward(self, idx, targets):
+        T = idx.shape[1]
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # the same groups as toygpt's: decay on matrices only; fused on CUDA
+        params = list(self.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+
+def make_pair(config: GPTConfig, device: str, seed: int):
+    """toygpt's GPT and PlainGPT holding the same (GPT-2-initialized) weights."""
+    torch.manual_seed(seed)
+    toy = GPT(config).to(device)
+    plain = PlainGPT(config).to(device)
+    missing, unexpected = plain.load_state_dict(toy.state_dict(), strict=False)
+    if missing or unexpected:  # lm_head.weight is tied: it is in both, so nothing may differ
+        raise SystemExit(f"bench_train: state_dict keys differ: missing {missing}, unexpected {unexpected}")
+    return {"toygpt": toy, "plain": plain}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a CSV with the FIELDS columns (written with a header when new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header != FIELDS:
+            raise SystemExit(f"bench_train: {path} has columns {header}, expected {FIELDS}; "
+                             "move it aside or pass another --csv")
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows([{k: row.get(k, "") for k in FIELDS} for row in rows])
+    print(f"appended {len(rows)} row(s) to {path}")
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def random_batches(n: int, batch_size: int, block_size: int, vocab_size: int, device: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, vocab_size, (n, batch_size, block_size + 1), generator=g)  # (n, B, T + 1)
+    return [(s[:, :-1].contiguous().to(device), s[:, 1:].contiguous().to(device)) for s in seq]
+
+
+def check_agreement(models: dict, x, y, autocast, atol: float) -> float:
+    """Loss and every gradient of the two models agree on one batch; returns the loss difference."""
+    grads, losses = {}, {}
+    for name, model in models.items():
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            _, loss = model(x, y)
+        loss.backward()
+        losses[name] = loss.item()
+        grads[name] = {n: p.grad.float() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+    diff = abs(losses["toygpt"] - losses["plain"])
+    if diff > atol:
+        raise SystemExit(f"bench_train: losses differ: toygpt {losses['toygpt']:.6f}, plain "
+                         f"{losses['plain']:.6f}; not timing models that compute different things")
+    for n, g in grads["toygpt"].items():
+        err = (g - grads["plain"][n]).abs().max().item()
+        scale = max(1.0, g.abs().max().item())
+        if err > 50 * atol * scale:
+            raise SystemExit(f"bench_train: gradients of {n} differ by {err:.2e}; not timing")
+    return diff
+
+
+def make_step(model, optimizer, batches, autocast, grad_clip: float = 1.0):
+    """One training step as the trainer takes it: forward, backward, clip, AdamW step, zero."""
+    it = iter(range(10**9))
+
+    def step():
+        x, y = batches[next(it) % len(batches)]
+        with autocast():
+            _, loss = model(x, y)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def interleaved_step_times(steps: dict, device: str, warmup: int, rounds: int, per_round: int):
+    """{provider: [seconds per step, one per round]}: rounds alternate between the providers
+    (and their order), each timing `per_round` steps after `warmup` untimed ones."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+        sync(device)
+    times = {name: [] for name in steps}
+    order = list(steps)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                loss = steps[name]()
+            loss.item()  # waits for the last step, as the trainer's per-step .item() does
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / per_round)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------
+# 1 and 3: step time
+
+
+def bench_speed(args, meta: dict) -> list[dict]:
+    device = args.device
+    cuda = device.startswith("cuda")
+    if cuda:  # GPT-2 124M, batch 16 x 1024, bf16
+        config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                           dropout=0.0, bias=True)
+        batch_size, benchmark = 16, "gpt2-124m-step"
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = lambda: torch.autocast("cuda", dtype=dtype)
+        atol = 2e-2  # bf16: the two models round differently
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:  # nanoGPT's CPU recipe shape
+        config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                           bias=False)
+        batch_size, benchmark, dtype = 12, "nanogpt-cpu-step", torch.float32
+        autocast = nullcontext
+        atol = 1e-5
+    shape = (f"L{config.n_layer} H{config.n_head} C{config.n_embd} T{config.block_size} "
+             f"B{batch_size} V{config.vocab_size} bias={config.bias} {str(dtype).removeprefix('torch.')}")
+    print(f"# step time on {meta['device']} ({meta['threads']} threads), torch {meta['torch']}, "
+          f"commit {meta['commit']}: {shape}")
+    models = make_pair(config, device, args.seed)
+    batches = random_batches(8, batch_size, config.block_size, config.vocab_size, device, args.seed)
+    diff = check_agreement(models, *batches[0], autocast, atol)
+    print(f"  losses agree before timing: |toygpt - plain| = {diff:.2e} (tolerance {atol:g}), "
+          "gradients too")
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        if args.compile:
+            model = torch.compile(model)
+        opt = models[name].configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda" if cuda else "cpu")
+        steps[name] = make_step(model, opt, batches, autocast)
+    per_round = args.steps or (10 if cuda else 5)
+    times = interleaved_step_times(steps, device, args.warmup, args.rounds, per_round)
+    tokens = batch_size * config.block_size
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratio = statistics.median(a / b for a, b in zip(times["toygpt"], times["plain"]))
+    flops = flops_per_token(models["toygpt"], config.block_size)
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in meta["device"]), None) if cuda else None
+    rows = []
+    for name in models:
+        tok_s = tokens / med[name]
+        mfu = flops * tok_s / peak if peak else None
+        line = f"  {name:7s} {1e3 * med[name]:8.2f} ms/step  {tok_s:12,.0f} tokens/s"
+        if mfu is not None:
+            line += f"  MFU {100 * mfu:5.1f}%"
+        print(line)
+        rows.append({**meta, "benchmark": benchmark, "provider": name, "shape": shape,
+                     "steps": args.rounds * per_round, "step_ms": f"{1e3 * med[name]:.3f}",
+                     "tokens_per_s": f"{tok_s:.0f}", "mfu": "" if mfu is None else f"{mfu:.4f}",
+                     "ratio_vs_plain": f"{med[name] / med['plain']:.3f}" if name == "plain" else f"{ratio:.3f}"})
+    if cuda:
+        mfu = flops * tokens / med["toygpt"] / peak if peak else None
+        verdict = ("no peak FLOP/s known for this GPU (train.PEAK_FLOPS)" if mfu is None else
+                   f"MFU {100 * mfu:.1f}% (goal >= {100 * MFU_GOAL:.0f}%): "
+                   + ("met" if mfu >= MFU_GOAL else "missed"))
+        rows[0].update(goal=f"mfu >= {MFU_GOAL}", met="" if mfu is None else mfu >= MFU_GOAL)
+        print(f"toygpt / plain step time {ratio:.3f} (median of {args.rounds} paired rounds); {verdict}")
+    else:
+        rows[0].update(goal="ratio <= 1.0", met=ratio <= 1.0)
+        print(f"toygpt / plain step time: {ratio:.3f} (median of {args.rounds} paired rounds of "
+              f"{per_round} steps; goal <= 1.0: {'met' if ratio <= 1.0 else 'missed'})")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# 2 and 4: quality
+
+
+def prepare_char(text_path: Path, out_dir: Path) -> Path:
+    """`toygpt prepare --input FILE --tokenizer char --out DIR`, through the CLI."""
+    from toygpt import cli
+
+    code = cli.main(["prepare", "--input", str(text_path), "--tokenizer", "char", "--out", str(out_dir)])
+    if code != 0:
+        raise SystemExit(f"bench_train: toygpt prepare failed on {text_path} (exit {code})")
+    return out_dir
+
+
+def eval_loss(model, batches, split: str, n_batches: int, block_size: int, device: str, autocast) -> float:
+    """Mean loss over n_batches fixed batches of `split` (the trainer's own evaluation batches)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        losses = []
+        for k in range(n_batches):
+            x, y = batches.eval_batch(split, k, block_size, device)
+            with autocast():
+                losses.append(model(x, y)[1].item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def quality_run(name: str, data_dir: Path, out_dir: Path, preset: str, settings: dict, eval_batches: int,
+                device: str):
+    """Train with toygpt's trainer; returns (result, wall seconds, train loss, val loss), where
+    the losses are evaluated afresh over `eval_batches` batches per split."""
+    from toygpt.train import TokenBatches
+
+    cfg = make_config(preset, data=str(data_dir), out=str(out_dir / name), overwrite=True, device=device,
+                      sample_tokens=0, progress=sys.stderr.isatty(), **settings)
+    schedule = f"decayed to {cfg.min_lr:g}" if cfg.decay_lr else "constant"
+    print(f"\n# {name}: preset {preset}, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} channels, "
+          f"context {cfg.block_size}, batch {cfg.batch_size}, {cfg.max_iters} iterations, lr "
+          f"{cfg.learning_rate:g} {schedule}, dropout {cfg.dropout}, on {device}", flush=True)
+    t0 = time.perf_counter()
+    result = train(cfg)
+    sync(device)
+    wall = time.perf_counter() - t0
+    batches = TokenBatches(data_dir, cfg)
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = lambda: torch.autocast("cuda", dtype=dtype)
+    else:
+        autocast = nullcontext
+    block = result["model"].config.block_size
+    train_loss = eval_loss(result["model"], batches, "train", eval_batches, block, device, autocast)
+    val_loss = eval_loss(result["model"], batches, "val", eval_batches, block, device, autocast)
+    return result, wall, train_loss, val_loss
+
+
+def bench_quality(args, meta: dict) -> list[dict]:
+    text = Path(args.input)
+    if not text.is_file():
+        raise SystemExit(f"bench_train: Tiny Shakespeare not found at {text}; pass --input FILE "
+                         "(e.g. a copy of karpathy/char-rnn's data/tinyshakespeare/input.txt)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        data_dir = prepare_char(text, Path(tmp) / "data")
+        runs = Path(tmp) / "runs"
+        if args.device.startswith("cuda"):
+            result, wall, tr, va = quality_run("shakespeare-char", data_dir, runs, "shakespeare-char",
+                                               {}, args.eval_batches, args.device)
+            met = va <= SHAKESPEARE_CHAR_VAL_GOAL
+            print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
+                  f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
+                  f"{wall:.0f} s wall")
+            rows.append({**meta, "benchmark": "shakespeare-char-quality", "provider": "toygpt train",
+                         "shape": "preset shakespeare-char", "steps": len(result["losses"]),
+                         "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
+                         "goal": f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", "met": met})
+            return rows
+
+        # nanoGPT's CPU recipe
+        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char", NANOGPT_CPU,
+                                           args.eval_batches, args.device)
+        recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
+        met = va <= NANOGPT_CPU_VAL_GOAL
+        print(f"nanoGPT CPU recipe: val loss {va:.4f} over {args.eval_batches} batches "
+              f"({recipe_val:.4f} over the recipe's {NANOGPT_CPU['eval_iters']}), train loss {tr:.4f}; "
+              f"goal <= {NANOGPT_CPU_VAL_GOAL}: {'met' if met else 'missed'}; wall time {wall:.0f} s "
+              f"for {len(result['losses'])} iterations", flush=True)
+        rows.append({**meta, "benchmark": "nanogpt-cpu-recipe-quality", "provider": "toygpt train",
+                     "shape": "L4 H4 C128 T64 B12 bias=False dropout=0", "steps": len(result["losses"]),
+                     "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
+                     "goal": f"val <= {NANOGPT_CPU_VAL_GOAL}", "met": met})
+
+        # the MyGPT seed, stopped at iteration 1500 (its schedule is constant, so stopping early
+        # trains exactly the first 1500 steps of the full run)
+        result, wall, tr, va = quality_run("mygpt-char", data_dir, runs, "mygpt-char",
+                                           dict(max_iters=MYGPT_STEP, eval_interval=MYGPT_STEP),
+                                           args.eval_batches, args.device)
+        met = tr <= MYGPT_TRAIN_GOAL
+        print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
+              f"batches (goal <= {MYGPT_TRAIN_GOAL}: {'met' if met else 'missed'}; MyGPT reported "
+              f"1.516), val loss {va:.4f}; wall time {wall:.0f} s", flush=True)
+        rows.append({**meta, "benchmark": "mygpt-char-quality", "provider": "toygpt train",
+                     "shape": "preset mygpt-char (L4 H8 C128 T64 B16)", "steps": len(result["losses"]),
+                     "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
+                     "goal": f"train at {MYGPT_STEP} <= {MYGPT_TRAIN_GOAL}", "met": met})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--quality", action="store_true", help="train on Tiny Shakespeare and report losses")
+    parser.add_argument("--input", default=str(SHAKESPEARE), help="Tiny Shakespeare text for --quality")
+    parser.add_argument("--eval-batches", type=int, default=200,
+                        help="batches per split in the final loss estimates of --quality")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per provider")
+    parser.add_argument("--steps", type=int, default=None, help="steps per round (default: 5 CPU, 10 GPU)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per provider first")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (speed mode)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="CSV to append to (default: benchmarks/results/train_cpu_quality.csv for CPU "
+                             "--quality, else benchmarks/results/train.csv)")
+    parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench_train: --device {args.device} but no CUDA device is visible")
+    for name in ("rounds", "warmup", "eval_batches", "threads"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            raise SystemExit(f"bench_train: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
+            "device": device_name(args.device), "threads": args.threads}
+    rows = bench_quality(args, meta) if args.quality else bench_speed(args, meta)
+    if not args.no_csv:
+        default = "train_cpu_quality.csv" if args.quality and args.device == "cpu" else "train.csv"
+        append_rows(args.csv or RESULTS / default, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
