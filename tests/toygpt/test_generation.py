@@ -5,7 +5,7 @@ import pytest
 import torch
 from toygpt import GPT
 from toygpt.errors import ToyGPTError
-from toygpt.generation import Sampler, TextStream
+from toygpt.generation import Decoder, Sampler, TextStream, new_kv_cache
 
 
 def test_greedy_cache_matches_no_cache_and_transformers(make_hf_checkpoint):
@@ -20,6 +20,26 @@ def test_greedy_cache_matches_no_cache_and_transformers(make_hf_checkpoint):
     assert cached.shape == (3, 37)
     assert torch.equal(cached, uncached)
     assert torch.equal(cached, ref)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_decoder_step_matches_full_forward(tiny_gpt, bias):
+    """Decoder.step (the flat decode path) gives the logits forward() gives at each position."""
+    model = tiny_gpt(vocab_size=97, block_size=19, n_layer=3, n_head=3, n_embd=24, bias=bias, seed=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))  # LayerNorms and biases away from 1 and 0
+    idx = torch.randint(0, 97, (2, 19))
+    with torch.no_grad():
+        full, _ = model(idx)  # (B, T, V)
+    with torch.inference_mode():
+        cache = new_kv_cache(model, 2)
+        prefill = model.forward_cached(idx[:, :4], cache, 0)
+        torch.testing.assert_close(prefill, full[:, 3], atol=1e-5, rtol=0)
+        decoder = Decoder(model, cache)
+        for pos in range(4, 19):
+            torch.testing.assert_close(decoder.step(idx[:, pos], pos), full[:, pos], atol=1e-5, rtol=0)
 
 
 def test_context_slides_past_block_size(tiny_gpt):
@@ -177,7 +197,23 @@ def test_bad_input(tiny_gpt):
         model(torch.tensor([[3, -1]]))
     with pytest.raises(ToyGPTError, match="has no tokenizer"):
         model.generate(prompt="hi")
+    with pytest.raises(ToyGPTError, match="max_new_tokens must be an int >= 0, got -2"):
+        model.generate(idx, -2)
+    with pytest.raises(ToyGPTError, match="either idx .* or prompt"):
+        model.generate(idx, 3, prompt="hi")
+    with pytest.raises(ToyGPTError, match="stop strings need the text form"):
+        model.generate(idx, 3, stop="x")
+    assert torch.equal(model.generate(idx, 0), idx)
     model.tokenizer = CharTokenizer.from_text("abcdefghij")
     with pytest.raises(ToyGPTError, match="empty prompt.*'char' tokenizer has no end-of-text"):
         model.generate(prompt="")
     assert len("".join(model.generate(prompt="abc", max_new_tokens=7, seed=0))) == 7
+
+
+def test_prompt_ids_outside_the_model_vocabulary(gpt2_vocab_dir, tiny_gpt):
+    """A tokenizer bigger than the model (GPT-2's BPE on a 100-id model): the id is named."""
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    model = tiny_gpt(vocab_size=100)
+    with pytest.raises(ToyGPTError, match=r"prompt token id 15496 is outside the model's vocabulary \[0, 100\)"):
+        list(model.generate(prompt="Hello", tokenizer=GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)))
