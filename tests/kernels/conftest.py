@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# What torch.utils.cpp_extension adds to every nvcc command line of a JIT build: the .cu files
+# must compile with them (no implicit half/bfloat16 operators or conversions).
+TORCH_NVCC_FLAGS = [
+    "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+    "--expt-relaxed-constexpr",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def torch_nvcc_flags() -> list[str]:
+    """The nvcc flags a torch extension build uses (see TORCH_NVCC_FLAGS)."""
+    return list(TORCH_NVCC_FLAGS)
+
+
 def find_nvcc() -> str | None:
     """nvcc from $CUDA_HOME/bin, else the PATH."""
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
@@ -64,11 +79,7 @@ def nvcc_compile(nvcc_path, tmp_path_factory):
         source = CSRC / name
         obj = out_dir / (source.stem + ".o")
         cmd = [
-            nvcc, "-std=c++17", "-O3", "--threads", "2", "-I", str(CSRC),
-            # the half/bf16 restrictions torch's extension builds compile .cu files with
-            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-            "--expt-relaxed-constexpr",
+            nvcc, "-std=c++17", "-O3", "--threads", "2", "-I", str(CSRC), *TORCH_NVCC_FLAGS,
             "-gencode", "arch=compute_80,code=sm_80",
             "-gencode", "arch=compute_90,code=sm_90",
             "-c", str(source), "-o", str(obj),

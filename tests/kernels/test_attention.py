@@ -224,3 +224,4 @@ def test_backend_info_names_attention_and_unsupported_reasons():
     assert _unsupported_reason(torch.empty(1, 1, 1, 80)) == "head dim 80 not supported (32, 64, 128 are)"
     assert "float64 not supported" in _unsupported_reason(torch.empty(1, 1, 1, 64, dtype=torch.float64))
     assert _unsupported_reason(torch.empty(1, 1, 1, 64, dtype=torch.bfloat16)) is None
+    assert "B * H = 90000 > 65535" in _unsupported_reason(torch.empty(300, 300, 1, 64, device="meta"))

@@ -1,12 +1,19 @@
 """The build machinery and backend choice: nvcc compile check of every .cu file (sm_80 and
-sm_90, wherever nvcc is found), backend_info's words, TOYKERNELS_BACKEND, and build errors."""
+sm_90, wherever nvcc is found), a compile check of the torch bindings, backend_info's words,
+TOYKERNELS_BACKEND, TOYKERNELS_CACHE, and what a failed build does."""
 
+import os
+import shutil
 import subprocess
+import sys
+import sysconfig
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import toykernels
+from torch.utils import cpp_extension
 from toykernels import _build, backend
 
 CSRC = _build.CSRC
@@ -78,9 +85,16 @@ def test_backend_info_on_a_cpu_only_torch_says_why(monkeypatch):
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch has CUDA")
-def test_build_without_cuda_toolkit_raises_build_error():
-    with pytest.raises(_build.BuildError, match="CUDA_HOME is None"):
+def test_build_without_cuda_toolkit_raises_build_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    with pytest.raises(_build.BuildError, match="cannot tell which GPU architecture.*TORCH_CUDA_ARCH_LIST"):
         _build.load_extension("layer_norm", ["layernorm.cu", "layernorm_bindings.cpp"])
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    monkeypatch.setenv("TOYKERNELS_CACHE", str(tmp_path))
+    with pytest.raises(_build.BuildError, match="CUDA_HOME is None") as raised:
+        _build.load_extension("layer_norm", ["layernorm.cu", "layernorm_bindings.cpp"])
+    assert raised.value.log_path == tmp_path / "toykernels_layer_norm" / _build.build_dir("layer_norm", "8.0;9.0").name / "build.log"
+    assert "CUDA_HOME is None" in raised.value.log_path.read_text()
 
 
 def test_build_dir_is_keyed_by_arch_and_torch(monkeypatch, tmp_path):
@@ -114,3 +128,152 @@ def test_unsupported_dtype_falls_back_on_cuda(monkeypatch):
     x = torch.randn(4, 64, device="cuda", dtype=torch.float64)
     torch.testing.assert_close(toykernels.layer_norm(x), torch.nn.functional.layer_norm(x, (64,)))
     assert "float64 is not supported by the CUDA kernel" in toykernels.backend_info("cuda")
+
+
+def test_cache_root_honours_toykernels_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TOYKERNELS_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch"))
+    assert _build.cache_root() == tmp_path / "mine"
+    assert _build.build_dir("attention", "8.0").is_relative_to(tmp_path / "mine")
+    monkeypatch.delenv("TOYKERNELS_CACHE")
+    assert _build.cache_root() == tmp_path / "torch"
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert _build.cache_root() == Path(cpp_extension.get_default_build_root())
+
+
+@pytest.fixture
+def fresh_backend(monkeypatch, tmp_path):
+    """backend's per-process records emptied for one test (and restored after), builds going to
+    a fresh TOYKERNELS_CACHE, for sm_90 (so no GPU is asked for its compute capability)."""
+    for name, empty in (("_modules", {}), ("_built", {}), ("_failed", {}), ("_decisions", {}), ("_warned", set())):
+        monkeypatch.setattr(backend, name, empty)
+    monkeypatch.setenv("TOYKERNELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.delenv("TOYKERNELS_BACKEND", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.mark.skipif(cpp_extension.CUDA_HOME is not None, reason="a CUDA toolkit is found: the build would run")
+def test_failed_build_warns_once_with_the_error_and_the_log_then_falls_back(fresh_backend):
+    # A real failed build: this torch has no CUDA toolkit to build with (CUDA_HOME is None).
+    device = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match=r"toykernels layer_norm: torch fallback: build failed: .*CUDA_HOME is None") as caught:
+        assert backend.load_or_fall_back("layer_norm", device, "auto") is None
+    log = _build.build_dir("layer_norm", "9.0") / "build.log"
+    assert log.is_relative_to(fresh_backend) and "CUDA_HOME is None" in log.read_text()
+    assert f"full log at {log}" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert backend.load_or_fall_back("layer_norm", device, "auto") is None
+    info = toykernels.backend_info("cuda")
+    assert "layer_norm: torch fallback: build failed: toykernels_layer_norm: CUDA toolkit not found" in info
+    assert f"full log at {log}" in info
+    # the other op is its own extension: its build is tried (and warned about) on its own
+    with pytest.warns(RuntimeWarning, match="toykernels attention: torch fallback: build failed"):
+        assert backend.load_or_fall_back("attention", device, "auto") is None
+
+
+@pytest.mark.skipif(cpp_extension.CUDA_HOME is not None, reason="a CUDA toolkit is found: the build would run")
+def test_forced_cuda_with_a_failed_build_raises_naming_the_log(fresh_backend):
+    log = _build.build_dir("attention", "9.0") / "build.log"
+    with pytest.raises(RuntimeError, match="attention: TOYKERNELS_BACKEND=cuda but the build failed: ") as raised:
+        backend.load_or_fall_back("attention", torch.device("cuda"), "cuda")
+    assert f"full log at {log}" in str(raised.value) and log.is_file()
+
+
+def test_forced_cuda_with_cpu_tensors_still_raises_for_every_op(monkeypatch):
+    # the CPU fast path must not swallow TOYKERNELS_BACKEND=cuda
+    monkeypatch.setenv("TOYKERNELS_BACKEND", "cuda")
+    x = torch.randn(2, 8)
+    q = torch.randn(1, 1, 4, 32)
+    calls = [
+        lambda: toykernels.layer_norm(x),
+        lambda: toykernels.add_layer_norm(x, x, None, None),
+        lambda: toykernels.LayerNorm(8)(x),
+        lambda: toykernels.causal_attention(q, q, q),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="TOYKERNELS_BACKEND=cuda but the CUDA kernel cannot run: tensor is on cpu"):
+            call()
+
+
+def _torch_cuda_headers():
+    """torch's include folders, or None when this torch ships no ATen/cuda headers."""
+    include = Path(torch.__file__).parent / "include"
+    if not (include / "ATen" / "cuda" / "CUDAContext.h").is_file():
+        return None
+    return [include, include / "torch" / "csrc" / "api" / "include"]
+
+
+def _cuda_include(nvcc: str) -> Path | None:
+    for candidate in (Path(nvcc).resolve().parent.parent / "include", Path("/usr/local/cuda/include")):
+        if (candidate / "cuda_runtime.h").is_file():
+            return candidate
+    return None
+
+
+def test_bindings_compile_against_torch_headers(nvcc_path, tmp_path):
+    """The two bindings (.cpp, torch headers) through the C++ compiler's front end.
+
+    They are only built for real on a CUDA machine, so this is the check that catches a typo
+    or a changed torch API without one. ATen/cuda/CUDAContext.h includes the headers of cuBLAS,
+    cuSPARSE and cuSOLVER, which a bare CUDA toolkit may lack and the bindings never use: when
+    missing they are stood in for by a few opaque handle typedefs.
+    """
+    cxx = shutil.which("g++") or shutil.which("c++")
+    torch_include = _torch_cuda_headers()
+    cuda_include = _cuda_include(nvcc_path)
+    if cxx is None or torch_include is None or cuda_include is None:
+        pytest.skip(f"needs a C++ compiler ({cxx}), torch's ATen/cuda headers and the CUDA runtime headers")
+    stubs = {
+        "cusparse.h": "typedef struct cusparseContext* cusparseHandle_t;",
+        "cublas_v2.h": "typedef struct cublasContext* cublasHandle_t;\ntypedef enum { CUBLAS_STATUS_SUCCESS = 0 } cublasStatus_t;",
+        "cublasLt.h": "#include <cublas_v2.h>\ntypedef struct cublasLtContext* cublasLtHandle_t;",
+        "cusolverDn.h": "typedef struct cusolverDnContext* cusolverDnHandle_t;",
+        "cusolver_common.h": "typedef enum { CUSOLVER_STATUS_SUCCESS = 0 } cusolverStatus_t;",
+        "c10/cuda/impl/cuda_cmake_macros.h": "",  # generated at torch's build time
+    }
+    for name, text in stubs.items():
+        if not (cuda_include / name).is_file() and not (torch_include[0] / name).is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text("#pragma once\n" + text + "\n")
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-w", "-DTORCH_EXTENSION_NAME=toykernels_check",
+           "-I", str(CSRC), "-I", str(tmp_path), *(f"-I{p}" for p in torch_include), "-I", str(cuda_include),
+           "-I", sysconfig.get_paths()["include"]]  # fmt: skip
+    sources = sorted(CSRC.glob("*.cpp"))
+    assert len(sources) >= 2, sources
+    jobs = {  # side by side: torch/extension.h costs the front end ~15 CPU seconds per file
+        source.name: subprocess.Popen([*cmd, str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for source in sources
+    }
+    for name, job in jobs.items():
+        _, stderr = job.communicate()
+        assert job.returncode == 0, f"{name}: {' '.join(cmd)}\n{stderr[-4000:]}"
+
+
+@pytest.mark.cuda
+def test_two_processes_build_into_one_fresh_cache_and_a_third_loads_it(tmp_path):
+    # cpp_extension's file baton: one process compiles, the other waits and loads the result
+    script = (
+        "import torch, toykernels\n"
+        "x = torch.randn(64, 768, device='cuda')\n"
+        "torch.testing.assert_close(toykernels.layer_norm(x), torch.nn.functional.layer_norm(x, (768,)))\n"
+        "print(toykernels.backend_info('cuda'))\n"
+    )
+    env = {**os.environ, "TOYKERNELS_CACHE": str(tmp_path), "TOYKERNELS_BACKEND": "cuda"}
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    first, second = start(), start()
+    outputs = [p.communicate(timeout=1200) for p in (first, second)]
+    for p, (out, err) in zip((first, second), outputs):
+        assert p.returncode == 0, err[-4000:]
+        assert "layer_norm: cuda: " in out
+    assert any("layer_norm: cuda: built for sm_" in out for out, _ in outputs)
+    third = start()
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err[-4000:]
+    assert "layer_norm: cuda: loaded from cache for sm_" in out, out
+    assert not list(tmp_path.rglob("lock")), "a build lock was left behind"

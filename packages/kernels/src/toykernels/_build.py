@@ -95,12 +95,19 @@ def load_extension(name: str, sources: list[str], device: torch.device | None = 
     """
     from torch.utils import cpp_extension
 
-    arches = arch_list(device)
+    module_name = f"toykernels_{name}"
+    try:
+        arches = arch_list(device)
+    except (RuntimeError, AssertionError) as error:  # no CUDA device to ask
+        raise BuildError(
+            f"{module_name}: cannot tell which GPU architecture to build for ({error}); "
+            "set TORCH_CUDA_ARCH_LIST, e.g. to 9.0",
+            None,
+        ) from error
     folder = build_dir(name, arches)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "build.log"
     paths = [str(CSRC / s) for s in sources]
-    module_name = f"toykernels_{name}"
     if cpp_extension.CUDA_HOME is None:
         message = (
             "CUDA toolkit not found: torch.utils.cpp_extension.CUDA_HOME is None "

@@ -29,6 +29,7 @@ OP_NAME = "attention"
 SOURCES = ["attention.cu", "attention_bindings.cpp"]
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_BATCH_HEADS = 65535  # the kernels put B * H on the grid's y dimension
 
 backend.register_op(OP_NAME, SOURCES)
 
@@ -39,6 +40,8 @@ def _unsupported_reason(q: torch.Tensor) -> str | None:
         return f"dtype {q.dtype} not supported (float16, bfloat16, float32 are)"
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return f"head dim {q.shape[-1]} not supported (32, 64, 128 are)"
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        return f"B * H = {q.shape[0] * q.shape[1]} > {MAX_BATCH_HEADS} not supported by the kernel"
     return None
 
 
