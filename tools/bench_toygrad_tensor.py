@@ -1,21 +1,26 @@
 """Benchmark: one training step of the mygpt-char GPT, toygrad.tensor vs torch.autograd.
 
 Providers (same weights, same batch, measured in the same run, interleaved step by step so
-that load from other processes hits both alike):
-  toygrad  toygrad.tensor.nn.GPT: toygrad's own backward rules, toykernels' LayerNorm and
-           attention (fused CUDA kernels on a GPU, their torch formulas on a CPU), toygrad AdamW
-  torch    toygrad.tensor.reference.TorchGPT: the same model in torch.nn (F.layer_norm,
-           F.scaled_dot_product_attention), torch.autograd, torch.optim.AdamW
-  toygpt   toygpt.model.GPT (when installed): toykernels ops, torch.autograd, its AdamW
-  torch+tk the same TorchGPT calling toykernels.layer_norm / causal_attention through their
-           torch.autograd custom ops, as toygpt's GPT does: the same LayerNorm and attention
-           code as toygrad runs, so the ratio to it measures the autodiff engines alone
+that load from other processes hits all alike):
+  toygrad  toygrad.tensor.nn.GPT: toygrad's own backward rules, toykernels' raw LayerNorm and
+           attention functions (fused CUDA kernels on a GPU, their torch formulas on a CPU),
+           toygrad's AdamW
+  torch    toygrad.tensor.reference.TorchGPT: the same model in torch.nn with torch's own fused
+           ops (F.layer_norm, F.scaled_dot_product_attention), torch.autograd, torch.optim.AdamW
+  torch+tk the same TorchGPT with toykernels' raw LayerNorm and attention functions wrapped in
+           torch.autograd.Functions: the very LayerNorm and attention code toygrad runs, so the
+           ratio to it measures the autodiff engines alone
+  toygpt   toygpt.model.GPT (when installed): toykernels' public ops, torch.autograd, its AdamW
 Modes: fwd+bwd (forward, loss, backward) and full (fwd+bwd + optimizer step).
-Before timing, the two losses and all gradients are checked to agree.
-Prints medians and the ratio of toygrad to each other provider, and appends rows to benchmarks/results/toygrad_tensor.csv.
+Before timing, the losses and all gradients are checked to agree.
+Prints medians and the ratio of toygrad to each other provider, and appends rows to
+benchmarks/results/toygrad_tensor.csv.
 
     python tools/bench_toygrad_tensor.py                 # GPU in bfloat16 if there is one, else CPU fp32
-    python tools/bench_toygrad_tensor.py --device cpu --components
+    python tools/bench_toygrad_tensor.py --device cpu --threads 1 --components
+
+NOTE: on a CPU shared with other busy processes, torch's intra-op threads spin-wait for each
+other and every op can slow down 10-100x at random; `--threads 1` gives steadier figures there.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def build(args, dtype):
         rest = [p for p in ref.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
         models[name] = (ref, torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99)))
-    try:  # toygpt's own GPT (helper D2's), also on toykernels, when it is installed
+    try:  # toygpt's own GPT, also on toykernels, when it is installed
         from toygpt.model import GPT as ToyGPT
         from toygpt.model import GPTConfig as ToyGPTConfig
     except ImportError:
@@ -139,10 +144,16 @@ def main():
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads on the CPU (default: torch's, one per core)")
     parser.add_argument("--components", action="store_true",
                         help="also time LayerNorm and attention alone: toykernels' raw fwd+bwd vs torch's ops")
     parser.add_argument("--csv", default=str(REPO / "benchmarks" / "results" / "toygrad_tensor.csv"))
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     dtype_name = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
 

@@ -32,12 +32,15 @@ def assert_same_loss_and_grads(model, ref, idx, targets, rtol, atol_scale):
         torch.testing.assert_close(p.grad, r, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("kernels", [False, True], ids=["torch-ops", "toykernels-raw"])
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_gpt_matches_torch_autograd(dtype, rtol):
+def test_gpt_matches_torch_autograd(dtype, rtol, kernels):
+    """Against the torch.nn model with torch's own ops, and with toykernels' raw functions
+    under torch.autograd (the benchmark's engine-only yardstick)."""
     torch.manual_seed(0)
     config = nn.GPTConfig(**SMALL)
     model = nn.GPT(config).to(dtype=dtype)
-    ref = TorchGPT(config).to(dtype=dtype)
+    ref = TorchGPT(config, kernels=kernels).to(dtype=dtype)
     ref.load_state_dict(model.state_dict())
     for p in model.parameters():  # random biases and LayerNorm weights, not the 0 / 1 init
         p.data.add_(torch.randn_like(p.data) * 0.1)

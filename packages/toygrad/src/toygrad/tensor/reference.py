@@ -4,10 +4,12 @@ The yardstick for the toygrad engine: the tests check that both give the same lo
 gradients from the same weights, `toygrad-train-gpt --compare torch` trains both side by side,
 and tools/bench_toygrad_tensor.py times one against the other. It uses torch's own fused ops
 (F.layer_norm, F.scaled_dot_product_attention), so it is the model a PyTorch user would write.
-With `kernels=True` it calls toykernels' `layer_norm` and `causal_attention` instead, as
-toygpt's GPT does: then both engines run the same LayerNorm and attention formulas and a timing
-compares the autodiff engines alone. Parameter names are nanoGPT's, so `state_dict()` moves
-weights between the models.
+With `kernels=True` its LayerNorm and attention are toykernels' raw forward/backward functions
+(`layer_norm_forward` / `layer_norm_backward`, `attention_forward` / `attention_backward`)
+wrapped in `torch.autograd.Function`s: exactly the code toygrad's `F.layer_norm` and
+`F.causal_attention` run (fused kernels on CUDA, their torch formulas on a CPU), so a timing
+against it compares the autodiff engines alone. Parameter names are nanoGPT's, so
+`state_dict()` moves weights between the models.
 """
 
 from __future__ import annotations
@@ -16,8 +18,44 @@ import math
 
 import torch
 import torch.nn as nn
-import toykernels
 from torch.nn import functional as F
+from toykernels import attention as tk_attention
+from toykernels import layernorm as tk_layernorm
+
+
+class _ToykernelsLayerNorm(torch.autograd.Function):
+    """toykernels' raw LayerNorm forward and backward, as torch.autograd sees them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = tk_layernorm.layer_norm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = tk_layernorm.layer_norm_backward(dy, x, weight, mean, rstd, ctx.has_bias)
+        return dx, dw, db, None
+
+
+class _ToykernelsAttention(torch.autograd.Function):
+    """toykernels' raw causal attention forward and backward (contiguous q, k, v, as toygrad)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = tk_attention.attention_forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = tk_attention.attention_backward(dout.contiguous(), q, k, v, out, lse, ctx.scale)
+        return dq, dk, dv, None
 
 
 class LayerNorm(nn.Module):
@@ -29,7 +67,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         if self.kernels:
-            return toykernels.layer_norm(x, self.weight, self.bias, 1e-5)
+            return _ToykernelsLayerNorm.apply(x, self.weight, self.bias, 1e-5)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
@@ -49,7 +87,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if self.kernels:
-            y = toykernels.causal_attention(q, k, v)  # (B, nh, T, hs)
+            y = _ToykernelsAttention.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)

@@ -138,7 +138,9 @@ class Tensor:
             self.grad, self._owns_grad = torch.zeros_like(self.data), True
         elif not self._owns_grad:
             self.grad, self._owns_grad = self.grad.clone(), True
-        self.grad[index] += g
+        # NOTE: not `self.grad[index] += g`: Python runs that as get, add in place, then set,
+        # and the set copies the view onto itself, one more pass over the slice
+        self.grad[index].add_(g)
 
     @staticmethod
     def _lift(x, like: Tensor) -> Tensor:
