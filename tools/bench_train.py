@@ -23,7 +23,8 @@ Four modes, one per question issue 6 asks:
 
 3. GPU speed (`--device cuda`): GPT-2 124M, batch 16 x 1024 tokens, bf16 autocast, fused AdamW:
    tokens/s and MFU (model FLOPs from train.flops_per_token, peak from train.PEAK_FLOPS; goal
-   MFU >= 40%), for toygpt and the plain model, into benchmarks/results/train.csv.
+   MFU >= 40%), for toygpt and the plain model, into benchmarks/results/train.csv. The step here
+   is the model's alone; the trainer adds a loss .item() per step and the batch copies.
 
 4. GPU quality (`--device cuda --quality`): the `shakespeare-char` preset (nanoGPT's baby GPT,
    5000 iterations): val loss (goal <= 1.47, nanoGPT's A100 figure) and wall time, into train.csv.
@@ -53,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from toygpt import GPT, GPTConfig
-from toygpt.train import PEAK_FLOPS, flops_per_token, make_config, train
+from toygpt.train import flops_per_token, make_config, peak_flops, train
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -300,7 +301,7 @@ def bench_speed(args, meta: dict) -> list[dict]:
     med = {name: statistics.median(t) for name, t in times.items()}
     ratio = statistics.median(a / b for a, b in zip(times["toygpt"], times["plain"]))
     flops = flops_per_token(models["toygpt"], config.block_size)
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in meta["device"]), None) if cuda else None
+    peak = peak_flops(device)  # None on a CPU, or for a GPU missing from train.PEAK_FLOPS
     rows = []
     for name in models:
         tok_s = tokens / med[name]
@@ -394,7 +395,7 @@ def bench_quality(args, meta: dict) -> list[dict]:
         runs = Path(tmp) / "runs"
         if args.device.startswith("cuda"):
             result, wall, tr, va = quality_run("shakespeare-char", data_dir, runs, "shakespeare-char",
-                                               {}, args.eval_batches, args.device)
+                                               {"compile": args.compile}, args.eval_batches, args.device)
             met = va <= SHAKESPEARE_CHAR_VAL_GOAL
             print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
                   f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
@@ -447,7 +448,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per provider")
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default: 5 CPU, 10 GPU)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per provider first")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models (speed mode)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models (speed), or the trained model (GPU quality)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--csv", type=Path, default=None,
                         help="CSV to append to (default: benchmarks/results/train_cpu_quality.csv for CPU "
