@@ -322,3 +322,19 @@ def test_an_unwritable_run_directory_is_a_one_line_error(data_dir, tmp_path, cap
     (tmp_path / "file").write_text("not a directory")
     err = _error_of(_argv(tiny(data_dir, tmp_path / "file" / "run")), capsys)
     assert f"cannot create the run directory --out {tmp_path / 'file' / 'run'}" in err
+
+
+def test_resume_from_the_cli_takes_the_checkpoints_data_and_notes_changed_settings(data_dir, tmp_path, capsys):
+    cfg = tiny(data_dir, tmp_path / "run")
+    assert cli.main(_argv(cfg) + ["--max-iters", "2", "--eval-interval", "2"]) == 0
+    capsys.readouterr()
+    argv = _argv(cfg)
+    at = argv.index("--data")
+    del argv[at : at + 2]  # no --data: the checkpoint's
+    assert cli.main(argv + ["--resume", "--max-iters", "4", "--eval-interval", "2", "--learning-rate", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "note: resuming" in out and "learning_rate 0.001 -> 0.01" in out  # the preset's, then the flag
+    assert "max_iters" not in out.split("note:")[1].split("\n")[0]  # a per-run setting
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert checkpoint.load_state(tmp_path / "run" / "ckpt")["config"]["data"] == str(data_dir)

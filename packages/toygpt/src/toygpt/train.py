@@ -45,7 +45,8 @@ class TrainConfig:
     preset: str = _f("mygpt-char", "model + hyper-parameter preset: " + ", ".join(
         ["bigram", "mygpt-char", "shakespeare-char", "gpt2"]) + " (its values are listed below)",
         metavar="NAME")
-    data: str = _f("", "data directory written by `toygpt prepare` (required)", metavar="DIR")
+    data: str = _f("", "data directory written by `toygpt prepare` (with --resume: the checkpoint's "
+                   "if not given)", metavar="DIR")
     out: str = _f("runs/train", "run directory: checkpoint, metrics.jsonl, loss.png", metavar="DIR")
     resume: bool = _f(False, "continue from <out>/ckpt exactly where it stopped")
     overwrite: bool = _f(False, "start afresh even if <out>/ckpt exists")
@@ -302,6 +303,19 @@ def plot_losses(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# settings a resumed run may change without changing what the run computes up to its checkpoint
+_PER_RUN_FIELDS = {"resume", "overwrite", "progress", "max_iters", "out", "data", "device", "compile",
+                   "eval_interval", "sample_tokens"}
+
+
+def _saved_config(ckpt_dir: Path) -> dict:
+    """The TrainConfig a checkpoint was saved with (train_config.json), or {} if unreadable."""
+    try:
+        return json.loads((checkpoint.resolve(ckpt_dir) / "train_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     """Train as `cfg` says; returns {"model", "losses", "evals", "run_dir"}.
 
@@ -319,6 +333,8 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "ckpt"
     if batches is None:
+        if not cfg.data and cfg.resume:  # resuming: the data the checkpoint was trained on
+            cfg = dataclasses.replace(cfg, data=_saved_config(ckpt_dir).get("data", ""))
         if not cfg.data:
             raise ToyGPTError("--data DIR is required (make one with `toygpt prepare`)")
         batches = TokenBatches(cfg.data, cfg, rank, world_size)
@@ -326,6 +342,11 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     state = None
     if cfg.resume:
         state = checkpoint.load_state(ckpt_dir)  # raises if absent or corrupt
+        changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in state.get("config", {}).items()
+                   if k not in _PER_RUN_FIELDS and hasattr(cfg, k) and getattr(cfg, k) != v]
+        if changed and master:
+            log(f"note: resuming {ckpt_dir} with settings that differ from its run's: {', '.join(changed)} "
+                "(the model's shape stays the checkpoint's)")
         tok_file = checkpoint.resolve(ckpt_dir) / "tokenizer.json"
         tok = batches.tokenizer
         data_tok = {"type": tok.name, **tok.to_dict()} if tok is not None else None
