@@ -29,7 +29,8 @@ Four modes, one per question issue 6 asks:
 4. GPU quality (`--device cuda --quality`): the `shakespeare-char` preset (nanoGPT's baby GPT,
    5000 iterations): val loss (goal <= 1.47, nanoGPT's A100 figure) and wall time, into train.csv.
 
-Every CSV row carries the device, torch version, date and git commit.
+Every CSV row carries the device, torch version, date and git commit. CPU step times, which
+depend on what else the machine runs, are printed only (or appended to --csv PATH).
 
     python tools/bench_train.py                          # CPU step time, toygpt vs plain
     python tools/bench_train.py --quality                # CPU quality runs (minutes)
@@ -452,8 +453,8 @@ def main(argv=None) -> int:
                         help="torch.compile both models (speed), or the trained model (GPU quality)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--csv", type=Path, default=None,
-                        help="CSV to append to (default: benchmarks/results/train_cpu_quality.csv for CPU "
-                             "--quality, else benchmarks/results/train.csv)")
+                        help="CSV to append to (default: benchmarks/results/train.csv on a GPU, "
+                             "train_cpu_quality.csv for CPU --quality; CPU step times: only with --csv)")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -465,9 +466,13 @@ def main(argv=None) -> int:
     meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
             "device": device_name(args.device), "threads": args.threads}
     rows = bench_quality(args, meta) if args.quality else bench_speed(args, meta)
-    if not args.no_csv:
-        default = "train_cpu_quality.csv" if args.quality and args.device == "cpu" else "train.csv"
-        append_rows(args.csv or RESULTS / default, rows)
+    csv_path = args.csv
+    if csv_path is None and args.device.startswith("cuda"):
+        csv_path = RESULTS / "train.csv"
+    elif csv_path is None and args.quality:
+        csv_path = RESULTS / "train_cpu_quality.csv"
+    if csv_path is not None and not args.no_csv:
+        append_rows(csv_path, rows)
     return 0
 
 
