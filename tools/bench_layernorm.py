@@ -18,6 +18,12 @@ F.layer_norm; backward >= 50% of copy bandwidth and >= 1.3x torch.
     python tools/bench_layernorm.py                    # all shapes, bf16 and fp32, on the GPU
     python tools/bench_layernorm.py --dtype bf16 --quick
     python tools/bench_layernorm.py --device cpu --quick --no-csv   # a smoke test of this script
+    python tools/bench_layernorm.py --device cpu --per-call         # the cost of one small call
+
+`--per-call` times what a GPT-2 decode step does instead: 25 LayerNorm calls on a (1, 1, 768)
+tensor, in microseconds per call, for the public API, the custom op called directly (its
+fallback formulas are what every CPU call ran before the API called F.layer_norm off CUDA),
+and F.layer_norm itself; printed only.
 """
 
 from __future__ import annotations
@@ -144,6 +150,53 @@ def bench_shape(provider, fn, N, C, dtype, device, timer):
         return None
 
 
+def per_call_latency(device, reps):
+    """Microseconds per LayerNorm call on (1, 1, 768), 25 calls in a row (one GPT-2 decode step)."""
+    C, calls = 768, 25
+    x = torch.randn(1, 1, C, device=device)
+    residual = torch.randn(1, 1, C, device=device)
+    weight = torch.randn(C, device=device, requires_grad=True)
+    bias = torch.randn(C, device=device, requires_grad=True)
+    ops = torch.ops.toykernels
+    variants = {
+        "layer_norm": {
+            "toykernels": lambda: toykernels.layer_norm(x, weight, bias),
+            "custom_op": lambda: ops.layer_norm_fwd(x, weight, bias, 1e-5)[0],
+            "torch": lambda: F.layer_norm(x, (C,), weight, bias),
+        },
+        "add_layer_norm": {
+            "toykernels": lambda: toykernels.add_layer_norm(x, residual, weight, bias),
+            "custom_op": lambda: ops.add_layer_norm_fwd(x, residual, weight, bias, 1e-5)[:2],
+            "torch": lambda: F.layer_norm(x + residual, (C,), weight, bias),
+        },
+    }
+
+    def median_us(fn):
+        def step():
+            for _ in range(calls):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        step()  # warm-up (and a first-call build)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) / calls * 1e6
+
+    print(f"# per call, {calls} calls on (1, 1, {C}) fp32 on {device}: microseconds (median of {reps})")
+    for grad in (False, True):
+        for op, providers in variants.items():
+            with torch.set_grad_enabled(grad):
+                us = {name: median_us(fn) for name, fn in providers.items()}
+            mode = "with grad" if grad else "no grad  "
+            print(f"{op:15s} {mode} " + "  ".join(f"{name} {t:7.1f}" for name, t in us.items())
+                  + f"   custom_op / toykernels {us['custom_op'] / us['toykernels']:5.1f}x"
+                  + f"   toykernels / torch {us['toykernels'] / us['torch']:4.1f}x")  # fmt: skip
+
+
 def git_commit():
     try:
         return subprocess.run(
@@ -161,9 +214,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two shapes only")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "layernorm.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
+    parser.add_argument("--per-call", action="store_true", help="time 25 small calls instead (see above)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_layernorm: --device cuda but no CUDA device is visible")
+    if args.per_call:
+        per_call_latency(args.device, max(args.reps, 200))
+        return
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
     if args.device == "cpu":
         shapes, reps = [(256, 768), (64, 1600)], 3
