@@ -76,6 +76,9 @@ for bench in bench_layernorm bench_attention bench_generate bench_train bench_to
     fi
 done
 
+# the cost of one small call (a GPT-2 decode step's 25 LayerNorms): launch and Python overhead
+step "bench_layernorm --per-call" "$OUT/bench.log" "$PY" tools/bench_layernorm.py --per-call
+
 for csv in benchmarks/results/*.csv; do
     [ -f "$csv" ] && [ "$csv" -nt "$STAMP" ] && cp "$csv" "$OUT/"
 done
@@ -88,6 +91,8 @@ rm -f "$STAMP"
     grep -E '^(FAILED|ERROR|[0-9]+ (passed|failed)|=+ .*(passed|failed|error))' "$OUT/tests.log" | tail -n 20
     echo
     grep -E -A 40 '^# toykernels LayerNorm on' "$OUT/bench.log" | head -n 45
+    echo
+    grep -E -A 4 '^# per call, ' "$OUT/bench.log" | head -n 5
     echo
     grep -E -A 45 '^# summary \(speed ratio > 1 means toykernels is faster\)' "$OUT/bench.log" | head -n 46
 } >> "$SUMMARY"

@@ -105,6 +105,23 @@ def test_public_api_runs_torch_native_ops_on_cpu_and_custom_ops_do_not():
         assert toykernels.layer_norm(x, weight, bias).grad_fn is None
 
 
+@pytest.mark.parametrize("path", sorted(LAYER_NORM))
+def test_non_contiguous_input(path):
+    base = torch.randn(4, 131, 3, dtype=torch.float64)
+    x = base.transpose(1, 2).requires_grad_()  # (4, 3, 131), rows not contiguous
+    weight, bias = _params(131, torch.float64, affine=True)
+    y = LAYER_NORM[path](x, weight, bias)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    ref = _nn_layer_norm64(131, weight, bias)
+    x64 = x.detach().clone().requires_grad_()
+    y64 = ref(x64)
+    grads64 = torch.autograd.grad(y64, [x64, *ref.parameters()], dy)
+    torch.testing.assert_close(y, y64, **TOL[torch.float64])
+    for got, want in zip(grads, grads64):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("x_dtype, param_dtype", [
     (torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float64, torch.float32),
     (torch.bfloat16, torch.bfloat16),
