@@ -117,7 +117,11 @@ class Tensor:
         return out
 
     def _accum(self, g: torch.Tensor) -> None:
-        """self.grad += g, without ever writing into a tensor someone else may hold."""
+        """self.grad += g, without ever writing into a tensor someone else may hold.
+
+        The first gradient to arrive is kept as it is (often the very tensor another input also
+        received, e.g. both sides of a `+`); the second is added out of place into a new buffer
+        the node then owns; from the third on, the sum is accumulated in place there."""
         if not self.requires_grad:
             return
         if g.dtype != self.data.dtype:  # type promotion (fp32 op fp64) must not leak into grads
@@ -127,6 +131,8 @@ class Tensor:
                 self.grad, self._owns_grad = g.clone(), True
             else:
                 self.grad, self._owns_grad = g, False
+        elif self._owns_grad:
+            self.grad.add_(g)  # our own buffer: add in place, no new allocation
         else:
             self.grad, self._owns_grad = self.grad + g, True
 
