@@ -115,11 +115,13 @@ class Sampler:
         return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)  # (B,)
 
 
-def new_kv_cache(model, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One preallocated (k, v) pair per layer, each (B, nh, block_size, hs), in the model's dtype."""
+def new_kv_cache(model, batch_size: int, length: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One preallocated (k, v) pair per layer, each (B, nh, length, hs), in the model's dtype.
+    length (default block_size) is the most positions it will hold."""
     cfg = model.config
     p = model.lm_head.weight
-    shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    length = cfg.block_size if length is None else min(length, cfg.block_size)
+    shape = (batch_size, cfg.n_head, length, cfg.n_embd // cfg.n_head)
     return [(torch.empty(shape, dtype=p.dtype, device=p.device), torch.empty(shape, dtype=p.dtype, device=p.device))
             for _ in range(cfg.n_layer)]
 
@@ -217,7 +219,8 @@ def decode_tokens(model, idx, max_new_tokens: int, sample, use_cache: bool = Tru
             tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
             tokens[:, :T] = idx
             n = T  # tokens held
-            cache = new_kv_cache(model, B) if use_cache else None
+            # positions the cache must hold: the whole sequence, or block_size once it slides
+            cache = new_kv_cache(model, B, T + max_new_tokens) if use_cache else None
             decoder = Decoder(model, cache) if use_cache else None
             logits = model.forward_cached(tokens[:, max(0, n - block_size):n], cache, 0)  # (B, V), prefill
             token = sample(logits)  # (B,)
