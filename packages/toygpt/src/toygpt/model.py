@@ -303,6 +303,10 @@ class GPT(nn.Module):
         - nanoGPT's tensor form: `generate(idx, max_new_tokens, temperature=1.0, top_k=None)`
           returns the (B, T + new) tensor of ids;
         - text streaming: `generate(prompt='Hello', ...)` yields decoded str pieces as they come.
+
+        A prompt longer than block_size is cropped to its last block_size tokens, and once the
+        sequence outgrows block_size the context slides: each new token sees the last
+        block_size tokens (nanoGPT's crop), with or without the KV cache.
         """
         from toygpt import generation
 
