@@ -36,6 +36,7 @@ depend on what else the machine runs, are printed only (or appended to --csv PAT
     python tools/bench_train.py --quality                # CPU quality runs (minutes)
     python tools/bench_train.py --device cuda            # GPT-2 124M tokens/s and MFU
     python tools/bench_train.py --device cuda --quality  # shakespeare-char on a GPU
+    python tools/bench_train.py --quality --smoke        # a quick test of this script
 """
 
 from __future__ import annotations
@@ -408,7 +409,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
             return rows
 
         # nanoGPT's CPU recipe
-        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char", NANOGPT_CPU,
+        recipe = {**NANOGPT_CPU, "max_iters": 20, "eval_interval": 10} if args.smoke else NANOGPT_CPU
+        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char", recipe,
                                            args.eval_batches, args.device)
         recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
         met = va <= NANOGPT_CPU_VAL_GOAL
@@ -424,7 +426,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
         # the MyGPT seed, stopped at iteration 1500 (its schedule is constant, so stopping early
         # trains exactly the first 1500 steps of the full run)
         result, wall, tr, va = quality_run("mygpt-char", data_dir, runs, "mygpt-char",
-                                           dict(max_iters=MYGPT_STEP, eval_interval=MYGPT_STEP),
+                                           dict(max_iters=20 if args.smoke else MYGPT_STEP,
+                                                eval_interval=20 if args.smoke else MYGPT_STEP),
                                            args.eval_batches, args.device)
         met = tr <= MYGPT_TRAIN_GOAL
         print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
@@ -452,6 +455,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile both models (speed), or the trained model (GPU quality)")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a test of this script: 20 iterations per quality run, 2 rounds of 2 steps, no CSV")
     parser.add_argument("--csv", type=Path, default=None,
                         help="CSV to append to (default: benchmarks/results/train.csv on a GPU, "
                              "train_cpu_quality.csv for CPU --quality; CPU step times: only with --csv)")
@@ -462,6 +467,9 @@ def main(argv=None) -> int:
     for name in ("rounds", "warmup", "eval_batches", "threads"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise SystemExit(f"bench_train: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.smoke:
+        args.rounds, args.steps, args.warmup, args.no_csv = 2, 2, 1, True
+        args.eval_batches = min(args.eval_batches, 4)
     torch.set_num_threads(args.threads)
     meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
             "device": device_name(args.device), "threads": args.threads}
