@@ -111,6 +111,22 @@ def test_tiled_reference_matches_naive(Tq, Tk, block):
     torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "shapes, block, match",
+    [
+        (((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8)), 0, "block sizes must be >= 1, got 0"),
+        (((2, 4, 8), (2, 4, 8), (2, 4, 8)), 4, r"must be \(B, H, T, D\).*q \(2, 4, 8\)"),
+        (((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 5, 8)), 4, r"v \(1, 2, 5, 8\)"),
+        (((1, 2, 6, 8), (1, 2, 4, 8), (1, 2, 4, 8)), 4, r"1 <= Tq <= Tk"),
+        (((1, 2, 4, 8), (1, 3, 4, 8), (1, 3, 4, 8)), 4, "must agree in B, H and D"),
+    ],
+)
+def test_tiled_reference_rejects_bad_input(shapes, block, match):
+    q, k, v = (torch.randn(*s) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        flash_attention_tiled(q, k, v, block=block)
+
+
 def test_last_query_of_long_sequence():
     # decoding one token after 1023 cached ones must equal the last row of full attention
     q, k, v = make_qkv(1, 2, 1024, 1024, 64, torch.float32, seed=3)

@@ -73,8 +73,18 @@ def flash_attention_tiled(q, k, v, scale=None, block=(64, 64)):
     block_q, block_k = (block, block) if isinstance(block, int) else block
     if block_q < 1 or block_k < 1:
         raise ValueError(f"flash_attention_tiled: block sizes must be >= 1, got {block}")
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(
+            "flash_attention_tiled: q, k, v must be (B, H, T, D) with k and v of one shape, got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     B, H, Tq, D = q.shape
     Tk = k.shape[-2]
+    if (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D) or not 1 <= Tq <= Tk:
+        raise ValueError(
+            f"flash_attention_tiled: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, H "
+            "and D, with 1 <= Tq <= Tk (the bottom-right causal mask)"
+        )
     offset = Tk - Tq  # query i sees keys 0 .. i + offset
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
