@@ -180,6 +180,9 @@ def test_indexing_basic_and_advanced():
     run_both(lambda a: a[rows, cols], lambda a: a[rows, cols], [(3, 4)])
     run_both(lambda a: a[rows], lambda a: a[rows], [(3, 4)])
     run_both(lambda a: a[:, rows], lambda a: a[:, rows], [(2, 3)])
+    mask = torch.tensor([[True, False, True, True], [False, False, True, False], [True, True, False, False]])
+    run_both(lambda a: a[mask] * a[mask], lambda a: a[mask] * a[mask], [(3, 4)])  # a boolean mask
+    run_both(lambda a: a[1, rows[:2]], lambda a: a[1, rows[:2]], [(3, 4)])  # mixed basic and advanced
 
 
 def test_slices_of_one_tensor_accumulate():

@@ -51,11 +51,13 @@ def test_gpt_matches_torch_autograd(dtype, rtol, kernels):
     assert_same_loss_and_grads(model, ref, idx, targets, rtol, 1e-5 if dtype == torch.float32 else 1e-10)
 
 
-def test_gpt_matches_toygpt():
-    toygpt_model = pytest.importorskip("toygpt.model", reason="toygpt.model (helper D2's GPT) not in the tree yet")
+@pytest.mark.parametrize("shape, T", [(SMALL, 16), (dict(MYGPT_CHAR, vocab_size=65), 64)], ids=["small", "mygpt-char"])
+def test_gpt_matches_toygpt(shape, T):
+    """fp32 on the CPU, toygpt's GPT (torch.autograd, toykernels' public ops) as the reference."""
+    toygpt_model = pytest.importorskip("toygpt.model")
     torch.manual_seed(0)
-    ref = toygpt_model.GPT(toygpt_model.GPTConfig(**SMALL, dropout=0.0, bias=True))
-    model = nn.GPT(nn.GPTConfig(**SMALL))
+    ref = toygpt_model.GPT(toygpt_model.GPTConfig(**shape, dropout=0.0, bias=True))
+    model = nn.GPT(nn.GPTConfig(**shape))
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -63,8 +65,8 @@ def test_gpt_matches_toygpt():
     assert {n for n, _ in ref.named_parameters()} == {n for n, _ in model.named_parameters()}
     sd = {k: v for k, v in ref.state_dict().items() if k in model.state_dict()}
     model.load_state_dict(sd)
-    idx = torch.randint(0, 23, (3, 16))
-    targets = torch.randint(0, 23, (3, 16))
+    idx = torch.randint(0, shape["vocab_size"], (3, T))
+    targets = torch.randint(0, shape["vocab_size"], (3, T))
     assert_same_loss_and_grads(model, ref, idx, targets, 1e-5, 1e-5)
 
 
