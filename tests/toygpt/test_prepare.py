@@ -173,3 +173,17 @@ def test_meta_json_records_the_tokenizer_sha256(tmp_path):
     src.write_text(TEXT)
     meta = prepare(src, "char", tmp_path / "out")
     assert meta["tokenizer_sha256"] == hashlib.sha256((tmp_path / "out" / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def test_prepare_writes_uint32_when_the_vocabulary_does_not_fit_uint16(tmp_path):
+    # 70,000 distinct characters (no surrogates): a char vocabulary past 2**16 ids
+    chars = [chr(c) for c in range(0x100, 0x100 + 72_048) if not 0xD800 <= c <= 0xDFFF][:70_000]
+    rng = np.random.default_rng(0)
+    text = "".join(chars) + "".join(rng.choice(chars, size=5_000))
+    src = tmp_path / "wide.txt"
+    src.write_text(text, encoding="utf-8")
+    meta = prepare(src, "char", tmp_path / "out")
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_000
+    tokens = np.concatenate([data.load_tokens(tmp_path / "out", s) for s in ("train", "val")])
+    assert tokens.dtype == np.uint32 and tokens.max() >= 2**16
+    assert tokens.tolist() == CharTokenizer.from_text(text).encode(text)
