@@ -252,28 +252,37 @@ def test_bindings_compile_against_torch_headers(nvcc_path, tmp_path):
 
 
 @pytest.mark.cuda
-def test_two_processes_build_into_one_fresh_cache_and_a_third_loads_it(tmp_path):
-    # cpp_extension's file baton: one process compiles, the other waits and loads the result
+def test_two_processes_build_into_one_fresh_cache_then_it_is_reused_then_rebuilt(tmp_path):
+    # A copy of csrc/, so that a header can be changed: the subprocesses build from it.
+    csrc = tmp_path / "csrc"
+    shutil.copytree(CSRC, csrc)
     script = (
-        "import torch, toykernels\n"
+        "import sys, pathlib, torch, toykernels, toykernels._build\n"
+        "toykernels._build.CSRC = pathlib.Path(sys.argv[1])\n"
         "x = torch.randn(64, 768, device='cuda')\n"
         "torch.testing.assert_close(toykernels.layer_norm(x), torch.nn.functional.layer_norm(x, (768,)))\n"
         "print(toykernels.backend_info('cuda'))\n"
     )
-    env = {**os.environ, "TOYKERNELS_CACHE": str(tmp_path), "TOYKERNELS_BACKEND": "cuda"}
+    env = {**os.environ, "TOYKERNELS_CACHE": str(tmp_path / "cache"), "TOYKERNELS_BACKEND": "cuda"}
 
     def start():
-        return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-c", script, str(csrc)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
 
-    first, second = start(), start()
-    outputs = [p.communicate(timeout=1200) for p in (first, second)]
-    for p, (out, err) in zip((first, second), outputs):
-        assert p.returncode == 0, err[-4000:]
-        assert "layer_norm: cuda: " in out
-    assert any("layer_norm: cuda: built for sm_" in out for out, _ in outputs)
-    third = start()
-    out, err = third.communicate(timeout=600)
-    assert third.returncode == 0, err[-4000:]
-    assert "layer_norm: cuda: loaded from cache for sm_" in out, out
-    assert not list(tmp_path.rglob("lock")), "a build lock was left behind"
+    def finish(process):
+        out, err = process.communicate(timeout=1200)
+        assert process.returncode == 0, err[-4000:]
+        assert "layer_norm: cuda: " in out, out
+        return out
+
+    # two at once: cpp_extension's file baton lets one compile while the other waits
+    outputs = [finish(p) for p in (start(), start())]
+    assert any("layer_norm: cuda: built for sm_" in out for out in outputs), outputs
+    assert "layer_norm: cuda: loaded from cache for sm_" in finish(start())
+    assert not list((tmp_path / "cache").rglob("lock")), "a build lock was left behind"
+    (so,) = (tmp_path / "cache").rglob("toykernels_layer_norm.so")
+    before = so.stat().st_mtime_ns
+    header = csrc / "layernorm.h"
+    header.write_text(header.read_text() + "\n// changed: the extension must be rebuilt\n")
+    assert "layer_norm: cuda: built for sm_" in finish(start())
+    assert so.stat().st_mtime_ns > before, "the header changed but the library was not relinked"

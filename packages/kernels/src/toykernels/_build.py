@@ -12,7 +12,8 @@ disables another. The build is `torch.utils.cpp_extension.load` (ninja), which w
 
 Cache: `$TOYKERNELS_CACHE` if set, else torch's extensions folder (`$TORCH_EXTENSIONS_DIR`, by
 default ~/.cache/torch_extensions). Rebuilds: cpp_extension hashes the sources and the build
-flags, and ninja rebuilds the objects whose inputs changed.
+flags, and ninja rebuilds the objects whose inputs changed (headers included: the compilers
+write dependency files).
 
 Two processes building at once: cpp_extension takes a file baton (`<build dir>/lock`, created
 with O_EXCL). The process that creates it builds; the others wait until the file is gone, then
@@ -117,9 +118,10 @@ def load_extension(name: str, sources: list[str], device: torch.device | None = 
         log_path.write_text(message + "\n")
         raise BuildError(f"{module_name}: {message}", log_path)
 
-    # A fresh .so newer than every source means ninja will have nothing to do.
+    # A fresh .so newer than every source and header means ninja will have nothing to do.
     so = folder / f"{module_name}.so"
-    newest_source = max(os.path.getmtime(p) for p in paths)
+    headers = [str(p) for pattern in ("*.h", "*.cuh") for p in CSRC.glob(pattern)]
+    newest_source = max(os.path.getmtime(p) for p in paths + headers)
     how = "loaded from cache" if so.exists() and so.stat().st_mtime >= newest_source else "built"
 
     previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
