@@ -62,6 +62,22 @@ def timed(fn, repeats: int):
     return statistics.median(times), result
 
 
+def gemv_floor(model, repeats: int) -> float:
+    """Seconds for the matmuls of one decoding step alone: every Linear of the model (4 per
+    block, then lm_head) on one row, back to back, with the model's own weights and layout.
+    No implementation of a step can take less; the rest of a step is everything else."""
+    linears = [(m.weight, m.bias) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {w.shape[1]: torch.randn(1, w.shape[1]) for w, _ in linears}
+
+    def step():
+        for weight, bias in linears:
+            torch.nn.functional.linear(rows[weight.shape[1]], weight, bias)
+
+    with torch.inference_mode():
+        step()  # warm-up
+        return timed(step, repeats * 5)[0]
+
+
 def progress(message):
     print("  ..", message, flush=True)
 
@@ -110,6 +126,9 @@ def bench_cpu(args):
     print(f"{'provider':40s} {'new tokens':>10s} {'tokens/s':>10s}")
     for name, new, tps in rows:
         print(f"{name:40s} {new:10d} {tps:10.2f}")
+    floor = gemv_floor(model, args.repeats)
+    print(f"toygpt {1e3 * t_ours / n:.1f} ms per token (prefill included); the {4 * model.config.n_layer + 1} "
+          f"GEMVs of a step alone: {1e3 * floor:.1f} ms")
     print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
     print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
 
