@@ -6,10 +6,11 @@
   is produced. Bytes go through an incremental UTF-8 decoder, so a character whose bytes are
   split across tokens comes out whole, once its last byte arrives.
 
-The KV cache: one preallocated (k, v) pair of buffers per layer, shape (B, nh, block_size, hs).
-The prompt runs once (prefill); then each step feeds only the new token, whose key and value are
-written in place at the next position, and attention runs with Tq = 1 query over Tk cached keys.
-Only the last position's logits are computed.
+The KV cache: one preallocated (k, v) pair of buffers per layer, shape (B, nh, L, hs), with L
+the length the sequence will reach (at most block_size). The prompt runs once (prefill, through
+`GPT.forward_cached`); then each step feeds only the new token (`Decoder.step`), whose key and
+value are written in place at the next position, and attention runs with Tq = 1 query over the
+Tk cached keys. Only the last position's logits are computed.
 
 Context longer than block_size: the prompt is cropped to its last block_size tokens, and once
 the sequence outgrows block_size the context slides, exactly as nanoGPT's crop does: each new
