@@ -3,8 +3,10 @@
 The CUDA kernels (csrc/attention.cu) follow FlashAttention-2 (Dao, 2023): the forward walks
 over key tiles with an online softmax and saves the per-row logsumexp; the backward recomputes
 the probabilities from q, k and that logsumexp instead of storing the T x T matrix.
-The torch path below runs the same formulas on whole matrices, so it can be read as the
-specification of what the kernels compute.
+`reference.attention_forward_ref` / `attention_backward_ref` run the same formulas on whole
+matrices, so they can be read as the specification of what the kernels compute. Off CUDA, the
+raw functions run PyTorch's own CPU flash attention (the kernels behind scaled_dot_product_attention,
+called without autograd) where it applies, and those formulas elsewhere.
 
 The causal mask is aligned to the bottom right (query i sees keys 0 .. i + Tk - Tq), which is
 what a KV cache needs; see `toykernels.reference.causal_mask`.
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from toykernels import backend
-from toykernels.reference import causal_mask
+from toykernels.reference import attention_backward_ref, attention_forward_ref, causal_mask
 
 OP_NAME = "attention"
 SOURCES = ["attention.cu", "attention_bindings.cpp"]
@@ -50,18 +52,38 @@ def _select(*tensors: torch.Tensor):
     return backend.select(OP_NAME, *tensors, unsupported=_unsupported_reason(tensors[0]))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # float64 stays float64 so that gradcheck can use the torch path; all else runs in fp32,
-    # like the kernels' accumulators.
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# PyTorch's own CPU flash attention (what scaled_dot_product_attention runs on a CPU), called
+# without autograd. It saves the same logsumexp as ours (natural log of the scaled, masked scores,
+# (B, H, Tq), fp32 or fp64 for fp64), so its forward and backward pair with each other as ours do.
+# Feature-checked: an older torch without them runs the reference formulas; one whose ops take no
+# attn_mask runs them for Tq < Tk (its is_causal aligns the mask top-left, we need bottom-right).
+_FLASH_CPU = "_scaled_dot_product_flash_attention_for_cpu"
+_HAS_ATEN_FLASH = hasattr(torch.ops.aten, _FLASH_CPU) and hasattr(torch.ops.aten, _FLASH_CPU + "_backward")
+_ATEN_FLASH_TAKES_MASK = _HAS_ATEN_FLASH and all(
+    any(arg.name == "attn_mask" for arg in getattr(torch.ops.aten, name).default._schema.arguments)
+    for name in (_FLASH_CPU, _FLASH_CPU + "_backward")
+)
+_ATEN_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _scores(q, k, scale):
-    """Scaled, masked scores in the compute dtype: (B, H, Tq, Tk), -inf above the diagonal."""
-    cdt = _compute_dtype(q.dtype)
-    s = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
-    return s.masked_fill(~mask, float("-inf"))
+def _aten_mask(q, k):
+    """(is_causal, attn_mask) that make ATen's CPU flash attention apply our bottom-right causal
+    mask, or None when it cannot run these inputs (then the reference formulas do)."""
+    if not (_HAS_ATEN_FLASH and q.device.type == "cpu" and q.dtype in _ATEN_DTYPES):
+        return None
+    if q.numel() == 0 or k.numel() == 0:
+        return None
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if Tq == Tk:
+        return True, None  # top-left and bottom-right alignment coincide
+    if Tq == 1:
+        return False, None  # a single query is the last position and sees every key
+    if Tq > Tk or not _ATEN_FLASH_TAKES_MASK:
+        return None
+    # an additive mask in q's dtype (the op wants that, not a boolean one): 0 allowed, -inf not
+    allowed = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk)
+    additive = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    return False, additive
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,24 +95,31 @@ def attention_forward(q, k, v, scale):
 
     q: (B, H, Tq, D), k and v: (B, H, Tk, D) with Tq <= Tk. lse (B, H, Tq) is the logsumexp of
     each row of scaled scores, in float32 (float64 for float64 inputs): the backward needs it.
+    Runs the CUDA kernel, or on a CPU PyTorch's own flash attention, else the formulas of
+    `reference.attention_forward_ref`.
     """
     ext = _select(q, k, v)
     if ext is not None:
         out, lse = ext.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
         return out, lse
-    s = _scores(q, k, scale)
-    lse = torch.logsumexp(s, dim=-1)  # (B, H, Tq); finite: every query sees key 0
-    p = torch.exp(s - lse.unsqueeze(-1))  # (B, H, Tq, Tk)
-    out = (p @ v.to(p.dtype)).to(q.dtype)  # (B, H, Tq, D)
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return out, lse.to(lse_dtype)
+    aten_mask = _aten_mask(q, k)
+    if aten_mask is None:
+        return attention_forward_ref(q, k, v, scale)
+    is_causal, attn_mask = aten_mask
+    out, lse = getattr(torch.ops.aten, _FLASH_CPU)(
+        q.contiguous(), k.contiguous(), v.contiguous(), 0.0, is_causal, attn_mask=attn_mask, scale=float(scale)
+    )
+    # NOTE: ATen lays lse (B, H, Tq) out as (B, Tq, H), and with a mask out (B, H, Tq, D) as
+    # (B, Tq, H, D); ours, like the kernel's, are contiguous (no copy when they already are)
+    return out.contiguous(), lse.contiguous()
 
 
 def attention_backward(dout, q, k, v, out, lse, scale):
     """Gradients (dq, dk, dv) of attention_forward, FlashAttention-2 style.
 
-    P is recomputed from q, k and lse (never stored). With dP = dO v^T and
-    delta_i = sum_d dO_id O_id (= sum_j P_ij dP_ij), the softmax backward is dS = P * (dP - delta).
+    P is recomputed from q, k and lse (never stored); the formulas are in
+    `reference.attention_backward_ref`, which runs where neither the CUDA kernel nor PyTorch's
+    CPU flash attention does.
     """
     ext = _select(q, k, v)
     if ext is not None:
@@ -99,16 +128,15 @@ def attention_backward(dout, q, k, v, out, lse, scale):
             out.contiguous(), lse.contiguous(), float(scale),
         )
         return dq, dk, dv
-    cdt = _compute_dtype(q.dtype)
-    p = torch.exp(_scores(q, k, scale) - lse.to(cdt).unsqueeze(-1))  # (B, H, Tq, Tk)
-    do, qc, kc, vc = dout.to(cdt), q.to(cdt), k.to(cdt), v.to(cdt)
-    delta = (do * out.to(cdt)).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1)
-    dv = p.transpose(-2, -1) @ do  # (B, H, Tk, D)
-    dp = do @ vc.transpose(-2, -1)  # (B, H, Tq, Tk)
-    ds = p * (dp - delta)  # (B, H, Tq, Tk)
-    dq = (ds @ kc) * scale  # (B, H, Tq, D)
-    dk = (ds.transpose(-2, -1) @ qc) * scale  # (B, H, Tk, D)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    aten_mask = _aten_mask(q, k)
+    if aten_mask is None:
+        return attention_backward_ref(dout, q, k, v, out, lse, scale)
+    is_causal, attn_mask = aten_mask
+    dq, dk, dv = getattr(torch.ops.aten, _FLASH_CPU + "_backward")(
+        dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
+        lse.contiguous(), 0.0, is_causal, attn_mask=attn_mask, scale=float(scale),
+    )
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 1. Raw forward/backward functions, no autograd: `layer_norm_forward`, `layer_norm_backward`,
    `add_layer_norm_forward`. They run the CUDA extension (csrc/layernorm.cu) when
-   `backend.select` says so, else the same formulas written in PyTorch. toygrad.Tensor calls
-   these directly.
+   `backend.select` says so; otherwise, on a CPU, PyTorch's own LayerNorm kernels
+   (`aten.native_layer_norm` and its backward, called without autograd), and anywhere else the
+   same formulas written in PyTorch (`reference.layer_norm_forward_ref` / `_backward_ref`).
+   toygrad.Tensor calls these directly.
 2. torch custom ops (`toykernels::layer_norm_fwd`, `::add_layer_norm_fwd`, `::layer_norm_bwd`)
    with fake (meta) and autograd registrations, so torch.compile(fullgraph=True) traces them.
 3. The functional API, which validates its input: `layer_norm`, `add_layer_norm`. For tensors
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toykernels import backend
+from toykernels.reference import layer_norm_backward_ref, layer_norm_forward_ref
 
 backend.register_op("layer_norm", ["layernorm.cu", "layernorm_bindings.cpp"])
 
@@ -100,34 +103,78 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 # layer 1: raw forward / backward, no autograd
 
+# PyTorch's own CPU LayerNorm (the kernels behind F.layer_norm), called without autograd. An older
+# torch without them runs the reference formulas.
+_HAS_ATEN_LAYER_NORM = hasattr(torch.ops.aten, "native_layer_norm") and hasattr(
+    torch.ops.aten, "native_layer_norm_backward"
+)
+_ATEN_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-def _forward_torch(x, weight, bias, eps):
-    """The fallback forward on a (N, C) tensor: the formulas above, in PyTorch ops."""
-    xf = x.to(_stat_dtype(x.dtype))
-    mean = xf.mean(dim=-1)  # (N,)
-    xc = xf - mean.unsqueeze(-1)  # (N, C)
-    rstd = torch.rsqrt(xc.square().mean(dim=-1) + eps)  # (N,), biased variance as torch does
-    y = xc * rstd.unsqueeze(-1)
+
+def _use_aten(x: Tensor) -> bool:
+    """True when ATen's CPU LayerNorm computes exactly our contract for x (see `_aten_params`)."""
+    return _HAS_ATEN_LAYER_NORM and x.device.type == "cpu" and x.dtype in _ATEN_DTYPES
+
+
+def _aten_params(x, weight, bias):
+    """weight and bias as ATen's CPU LayerNorm needs them to return our statistics.
+
+    ATen computes the statistics in float32 for fp16/bf16 input only on its mixed-precision path,
+    which it takes when the parameters are float32; with fp16/bf16 parameters (or none) it
+    rounds mean and rstd to the input's dtype. So for fp16/bf16 input the parameters go in as
+    float32 (exact), and a missing weight becomes float32 ones (y = xhat * 1 is exact). Otherwise
+    ATen wants one dtype for all: fp32 parameters of fp64 input go in as float64 (exact).
+    """
+    low_precision = x.dtype in (torch.float16, torch.bfloat16)
+    param_dtype = torch.float32 if low_precision else x.dtype
     if weight is not None:
-        y = y * weight.to(y.dtype)
+        weight = weight.to(param_dtype)
+    elif low_precision:
+        weight = torch.ones(x.shape[-1], dtype=param_dtype, device=x.device)
     if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y.to(x.dtype), mean, rstd
+        bias = bias.to(param_dtype)
+    return weight, bias
 
 
-def _backward_torch(dy, x, weight, mean, rstd, has_bias):
-    """The fallback backward on (N, C) tensors: explicit formulas, not autograd."""
-    stat = mean.dtype
-    xhat = (x.to(stat) - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)  # (N, C)
-    dyf = dy.to(stat)
-    g = dyf * weight.to(stat) if weight is not None else dyf
-    c1 = (g * xhat).mean(dim=-1, keepdim=True)  # (N, 1)
-    c2 = g.mean(dim=-1, keepdim=True)  # (N, 1)
-    dx = (rstd.unsqueeze(-1) * (g - c2 - xhat * c1)).to(x.dtype)
+def _forward_aten(x, weight, bias, eps):
+    """The CPU forward on a (N, C) tensor: torch.ops.aten.native_layer_norm -> (y, mean, rstd)."""
+    w, b = _aten_params(x, weight, bias)
+    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], w, b, float(eps))
+    return y, mean.view(-1), rstd.view(-1)  # mean, rstd come as (N, 1)
+
+
+def _backward_aten(dy, x, weight, mean, rstd, has_bias):
+    """The CPU backward on (N, C) tensors: torch.ops.aten.native_layer_norm_backward.
+
+    ATen reads the bias only for dbias's shape and dtype, so a placeholder of that dtype
+    stands in for it (the raw backward is not given the bias).
+    """
+    w, _ = _aten_params(x, weight, None)
+    bias_like = x.new_empty(x.shape[-1], dtype=w.dtype if w is not None else x.dtype) if has_bias else None
+    mask = [True, weight is not None, has_bias]  # which of dx, dweight, dbias to compute
+    dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
+        dy, x, [x.shape[-1]], mean, rstd, w, bias_like, mask
+    )
     param_dtype = weight.dtype if weight is not None else x.dtype
-    dweight = (dyf * xhat).sum(dim=0).to(param_dtype) if weight is not None else None
-    dbias = dyf.sum(dim=0).to(param_dtype) if has_bias else None
+    dweight = dweight.to(param_dtype) if weight is not None else None
+    dbias = dbias.to(param_dtype) if has_bias else None
     return dx, dweight, dbias
+
+
+def _forward_fallback(x, weight, bias, eps):
+    """The forward off the CUDA kernel, on a (N, C) tensor: ATen's CPU kernel where it applies,
+    else the reference formulas."""
+    if _use_aten(x):
+        return _forward_aten(x, weight, bias, eps)
+    return layer_norm_forward_ref(x, weight, bias, eps)
+
+
+def _backward_fallback(dy, x, weight, mean, rstd, has_bias):
+    """The backward off the CUDA kernel, on (N, C) tensors: ATen's CPU kernel where it applies,
+    else the reference formulas."""
+    if _use_aten(x):
+        return _backward_aten(dy, x, weight, mean, rstd, has_bias)
+    return layer_norm_backward_ref(dy, x, weight, mean, rstd, has_bias)
 
 
 def layer_norm_forward(x, weight, bias, eps):
@@ -135,13 +182,15 @@ def layer_norm_forward(x, weight, bias, eps):
 
     y has x's shape and dtype; mean and rstd have shape x.shape[:-1] and dtype float32
     (float64 for float64 input): they are what `layer_norm_backward` needs.
+    Runs the CUDA kernel, or on a CPU PyTorch's own kernel, else the formulas of
+    `reference.layer_norm_forward_ref`.
     """
     _check(x, weight, bias, eps)
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
     ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
     if ext is None:
-        y, mean, rstd = _forward_torch(x2, weight, bias, eps)
+        y, mean, rstd = _forward_fallback(x2, weight, bias, eps)
     else:
         y, mean, rstd = ext.forward(x2, weight, bias, float(eps))
     return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
@@ -157,7 +206,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps):
     ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
     if ext is None:
         s = x2 + r2
-        y, mean, rstd = _forward_torch(s, weight, bias, eps)
+        y, mean, rstd = _forward_fallback(s, weight, bias, eps)
     else:
         s, y, mean, rstd = ext.add_forward(x2, r2, weight, bias, float(eps))
     stats_shape = x.shape[:-1]
@@ -180,7 +229,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, has_bias=True):
     rstd1 = rstd.reshape(-1).contiguous()  # (N,)
     ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
     if ext is None:
-        dx, dweight, dbias = _backward_torch(dy2.to(x.dtype), x2, weight, mean1, rstd1, has_bias)
+        dx, dweight, dbias = _backward_fallback(dy2.to(x.dtype), x2, weight, mean1, rstd1, has_bias)
     else:
         dx, dweight, dbias = ext.backward(dy2.to(x.dtype), x2, weight, mean1, rstd1, bool(has_bias))
         # the extension reduces the parameter gradients in fp32; hand them back in weight's dtype
