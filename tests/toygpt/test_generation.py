@@ -111,6 +111,23 @@ def test_sampler_distribution_top_k_top_p():
     torch.testing.assert_close(freq, sharp, atol=0.04, rtol=0)
 
 
+def test_sampler_draw_frequencies_and_zero_probabilities():
+    """Inverse-CDF draws: frequencies match the probabilities; ids of probability 0 (here also
+    the last ones, where rounding would land) never come out."""
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(1, 12, generator=g, dtype=torch.float64)
+    probs[0, [0, 4, 10, 11]] = 0.0
+    probs = (probs / probs.sum()).float()
+    draws = Sampler(1.0, None, None, False, seed=2, device="cpu").draw(probs.expand(200_000, 12))
+    freq = torch.bincount(draws, minlength=12).double() / len(draws)
+    torch.testing.assert_close(freq, probs[0].double(), atol=4e-3, rtol=0)
+    assert freq[[0, 4, 10, 11]].sum() == 0
+    # a whole vocabulary with one dominant id and many tiny ones, rows not normalized
+    probs = torch.full((2, 50257), 1e-12)
+    probs[:, 7] = 3.0
+    assert Sampler(1.0, None, None, False, seed=0, device="cpu").draw(probs).tolist() == [7, 7]
+
+
 def test_text_stream_utf8_split_across_tokens(gpt2_vocab_dir):
     from toygpt.tokenizers import GPT2Tokenizer
 
@@ -217,3 +234,47 @@ def test_prompt_ids_outside_the_model_vocabulary(gpt2_vocab_dir, tiny_gpt):
     model = tiny_gpt(vocab_size=100)
     with pytest.raises(ToyGPTError, match=r"prompt token id 15496 is outside the model's vocabulary \[0, 100\)"):
         list(model.generate(prompt="Hello", tokenizer=GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)))
+
+
+def test_the_seed_usage_streams_text(gpt2_vocab_dir, tiny_gpt, capsys):
+    """The ToyGPT seed's loop, as written, on a GPT-2-vocabulary model: str pieces, streamed."""
+    import inspect
+    import sys
+
+    from toygpt.tokenizers import GPT2Tokenizer
+
+    model = tiny_gpt(vocab_size=50257, block_size=64)
+    model.tokenizer = GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)
+    torch.manual_seed(11)
+    stream = model.generate(prompt='Hello world how are', temperature=1.0, sampling=True)
+    assert inspect.isgenerator(stream)
+    pieces = []
+    for t in stream:
+        sys.stdout.write(t)
+        pieces.append(t)
+    assert all(isinstance(t, str) and t for t in pieces)
+    assert capsys.readouterr().out == "".join(pieces)
+    # the same draws through the tensor form: 256 new tokens by default (past block_size=64, so
+    # the context slides), up to the end-of-text token, which the text form does not print
+    torch.manual_seed(11)
+    idx = torch.tensor([model.tokenizer.encode('Hello world how are')])
+    ids = model.generate(idx, 256, temperature=1.0, stop_at_eot=True)[0, idx.shape[1]:].tolist()
+    if ids[-1] == model.tokenizer.eot_id:
+        ids = ids[:-1]
+    assert "".join(pieces) == model.tokenizer.decode(ids)
+
+
+def test_text_form_never_samples_ids_the_tokenizer_lacks(tiny_gpt):
+    """A model vocabulary larger than the tokenizer's (nanoGPT pads 50,257 to 50,304): the extra
+    ids are never drawn, even when the model prefers them."""
+    from toygpt.tokenizers import CharTokenizer
+
+    model = tiny_gpt(vocab_size=14)
+    model.tokenizer = CharTokenizer.from_text("abcdefghij")  # ids 0..9
+    with torch.no_grad():  # make id 12 the most likely after any input, id 3 the runner-up
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[12] * 50 + model.transformer.wte.weight[3] * 20)
+    assert model.generate(torch.tensor([[1, 2]]), 4, greedy=True)[0, 2:].tolist() == [12] * 4  # tensor form: any id
+    assert "".join(model.generate(prompt="ab", max_new_tokens=4, greedy=True)) == "dddd"
+    text = "".join(model.generate(prompt="ab", max_new_tokens=50, temperature=3.0, seed=0))
+    assert len(text) == 50 and set(text) <= set("abcdefghij")
