@@ -1,6 +1,8 @@
 """Causal attention on every machine: the public API (scaled_dot_product_attention off CUDA),
-the custom op with its whole-matrix formulas (the CUDA path's specification), the raw functions
-and the tiled reference.
+the custom op with its explicit backward (the path CUDA tensors take; on a CPU the raw functions
+underneath run ATen's CPU flash attention), the raw functions and the tiled reference.
+The whole-matrix formulas of reference.py are held against float64 and against ATen's kernels in
+test_cpu_fallback.py.
 
 Everything is compared against naive attention in float64 written out here, so a wrong mask
 alignment or a wrong gradient formula in toykernels cannot hide behind a shared helper.
@@ -182,9 +184,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.toykernels.attention_backward, (dout, q, k, v, out, lse, 0.25))
 
 
+@pytest.mark.parametrize("Tq,Tk", [(6, 9), (8, 8)])  # the masked and the is_causal CPU path
 @pytest.mark.parametrize("path", sorted(ATTENTION))
-def test_torch_compile_fullgraph_forward_and_backward(path):
-    q, k, v = make_qkv(1, 2, 6, 9, 16, torch.float32, requires_grad=True, seed=4)
+def test_torch_compile_fullgraph_forward_and_backward(path, Tq, Tk):
+    q, k, v = make_qkv(1, 2, Tq, Tk, 16, torch.float32, requires_grad=True, seed=4)
     fn = ATTENTION[path]
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     out = compiled(q, k, v, 0.25)

@@ -1,7 +1,8 @@
 """LayerNorm on every machine: the public API (PyTorch's native op off CUDA) and the custom ops
-with their fallback formulas (the CUDA path's specification), each against torch.nn.LayerNorm in
-float64 (values and all gradients, fp64 and fp32); input errors, the raw functions, opcheck and
-torch.compile."""
+(the path CUDA tensors take; on a CPU the raw functions underneath run ATen's LayerNorm kernels
+without autograd), each against torch.nn.LayerNorm in float64 (values and all gradients, fp64 and
+fp32); input errors, the raw functions, opcheck and torch.compile. The explicit formulas of
+reference.py are held against float64 and against ATen's kernels in test_cpu_fallback.py."""
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 2e-5}
 EPS = 1e-5
 
 # The two ways into LayerNorm off CUDA: the public functions (F.layer_norm underneath) and the
-# custom ops called directly (their fallback formulas, the path CUDA tensors take).
+# custom ops called directly (their registered backward, the path CUDA tensors take).
 LAYER_NORM = {
     "api": lambda x, weight, bias: toykernels.layer_norm(x, weight, bias, eps=EPS),
     "custom_op": lambda x, weight, bias: torch.ops.toykernels.layer_norm_fwd(x, weight, bias, EPS)[0],

@@ -1,0 +1,292 @@
+"""The raw functions' CPU path against the reference formulas it replaced, both against float64.
+
+On a CPU, `layer_norm_forward` / `layer_norm_backward` run `aten.native_layer_norm` and its
+backward, and `attention_forward` / `attention_backward` run ATen's CPU flash attention, all
+without autograd (toygrad.Tensor calls them with its own). `toykernels.reference` keeps the
+explicit formulas (`*_forward_ref` / `*_backward_ref`): the specification of the CUDA kernels, and
+the fallback wherever ATen's kernels do not apply. Here both paths, on fresh random inputs, must
+give the same contract (shapes, dtypes, fp32 statistics, contiguous outputs) and values within a
+per-dtype tolerance of float64 autograd computed from the same (rounded) inputs; and the feature
+checks must send an older torch to the formulas.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from toykernels import attention, layernorm
+from toykernels.attention import attention_backward, attention_forward
+from toykernels.layernorm import add_layer_norm_forward, layer_norm_backward, layer_norm_forward
+from toykernels.reference import (
+    attention_backward_ref,
+    attention_forward_ref,
+    causal_mask,
+    layer_norm_backward_ref,
+    layer_norm_forward_ref,
+)
+
+EPS = 1e-5
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+# error allowed against float64, relative to the largest reference value: a few units in the
+# last place of the output dtype (statistics and accumulations are fp32 for fp16/bf16)
+LN_TOL = {torch.float64: 1e-12, torch.float32: 4e-6, torch.float16: 4e-3, torch.bfloat16: 1.6e-2}
+ATTN_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+STAT_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-6, torch.bfloat16: 2e-6}
+
+
+def _stat_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def assert_near(name, got, want64, tol, floor=0.0):
+    """max |got - want64| <= tol * max(1, max |want64|) + floor."""
+    assert got.shape == want64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want64.shape)}"
+    if got.numel() == 0:
+        return
+    err = (got.double() - want64).abs().max().item()
+    limit = tol * max(1.0, want64.abs().max().item()) + floor
+    assert err <= limit, f"{name}: max error {err:.3g} > {limit:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm
+
+LN_SHAPES = [(1, 1), (3, 7), (2, 5, 129), (0, 16), (5, 1600), (2, 4097)]
+AFFINE = {"weight+bias": (True, True), "weight": (True, False), "bias": (False, True), "none": (False, False)}
+# (x dtype, parameter dtype): parameters in x's dtype, or fp32 master weights
+LN_DTYPES = [
+    (torch.float32, torch.float32), (torch.float64, torch.float64), (torch.float64, torch.float32),
+    (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float16), (torch.float16, torch.float32),
+]  # fmt: skip
+
+
+def _layer_norm_case(shape, x_dtype, param_dtype, has_weight, has_bias):
+    C = shape[-1]
+    x = (torch.randn(shape) * 3 + 1).to(x_dtype)
+    weight = (1 + 0.5 * torch.randn(C)).to(param_dtype) if has_weight else None
+    bias = torch.randn(C).to(param_dtype) if has_bias else None
+    dy = torch.randn(shape).to(x_dtype)
+    return x, weight, bias, dy
+
+
+def _layer_norm64(x, weight, bias, dy):
+    """float64 autograd of F.layer_norm on the same values -> (y, mean, rstd, dx, dweight, dbias)."""
+    C = x.shape[-1]
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    y = F.layer_norm(leaves[0], (C,), leaves[1], leaves[2], EPS)
+    wanted = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(y, wanted, dy.double()))
+    dx = next(grads)
+    dweight = next(grads) if weight is not None else None
+    dbias = next(grads) if bias is not None else None
+    x64 = x.double()
+    mean = x64.mean(-1)
+    rstd = torch.rsqrt((x64 - mean.unsqueeze(-1)).square().mean(-1) + EPS)  # biased variance
+    return y.detach(), mean, rstd, dx, dweight, dbias
+
+
+@pytest.mark.parametrize("affine", sorted(AFFINE))
+@pytest.mark.parametrize("shape", LN_SHAPES)
+@pytest.mark.parametrize("x_dtype,param_dtype", LN_DTYPES)
+def test_layer_norm_cpu_path_and_formulas_agree_with_float64(x_dtype, param_dtype, shape, affine):
+    has_weight, has_bias = AFFINE[affine]
+    x, weight, bias, dy = _layer_norm_case(shape, x_dtype, param_dtype, has_weight, has_bias)
+    C = shape[-1]
+    want = _layer_norm64(x, weight, bias, dy)
+
+    y, mean, rstd = layer_norm_forward(x, weight, bias, EPS)  # ATen's CPU kernels
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
+    cpu_path = (y, mean, rstd, dx, dweight, dbias)
+    x2, dy2 = x.reshape(-1, C), dy.reshape(-1, C)  # (N, C): the formulas' layout
+    y_r, mean_r, rstd_r = layer_norm_forward_ref(x2, weight, bias, EPS)
+    grads_r = layer_norm_backward_ref(dy2, x2, weight, mean_r, rstd_r, has_bias)
+    formulas = (y_r.view(shape), mean_r.view(shape[:-1]), rstd_r.view(shape[:-1]), grads_r[0].view(shape), *grads_r[1:])
+
+    stat = _stat_dtype(x_dtype)
+    grad_param_dtype = param_dtype if has_weight else x_dtype  # the contract: weight's dtype, else x's
+    expected_dtypes = (x_dtype, stat, stat, x_dtype, grad_param_dtype, grad_param_dtype)
+    # NOTE: rounding in x - mean is magnified by rstd (~316 for a row of width 1, where xhat is
+    # exactly 0 and both paths return noise around it): allow that much on top of the tolerance.
+    xhat_noise = 4 * torch.finfo(stat).eps * want[2].max().item() * x.double().abs().max().item() if x.numel() else 0.0
+    dy_scale = dy.double().abs().max().item() * (weight.double().abs().max().item() if has_weight else 1.0) if x.numel() else 0.0
+    n_rows = x2.shape[0]
+    floors = (xhat_noise * 2, 0.0, 0.0, xhat_noise * dy_scale * 4, xhat_noise * dy_scale * n_rows, 0.0)
+    names = ("y", "mean", "rstd", "dx", "dweight", "dbias")
+    for name, got, ref, w64, dtype, floor in zip(names, cpu_path, formulas, want, expected_dtypes, floors):
+        if w64 is None:
+            assert got is None and ref is None, name
+            continue
+        # the outputs' own rounding counts too: fp32 dweight of fp64 input
+        tol = STAT_TOL[x_dtype] if name in ("mean", "rstd") else max(LN_TOL[x_dtype], LN_TOL[dtype])
+        for path, t in (("ATen", got), ("formulas", ref)):
+            assert t.dtype == dtype, f"{path} {name}: dtype {t.dtype}, expected {dtype}"
+            assert_near(f"{path} {name}", t, w64, tol, floor)
+        assert_near(f"ATen vs formulas {name}", got, ref.double(), 2 * tol, 2 * floor)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("weight_dtype", ["x", "fp32", None])
+def test_low_precision_statistics_are_fp32_not_rounded(dtype, weight_dtype):
+    # ATen rounds mean and rstd to fp16/bf16 unless its parameters are fp32: the contract (and
+    # the CUDA kernel) says fp32 statistics, exact to fp32 rounding
+    x = (torch.randn(8, 96) * 2 + 3).to(dtype)
+    weight = {"x": torch.randn(96).to(dtype), "fp32": torch.randn(96), None: None}[weight_dtype]
+    y, mean, rstd = layer_norm_forward(x, weight, None, EPS)
+    assert mean.dtype == rstd.dtype == torch.float32
+    x64 = x.double()
+    assert_near("mean", mean, x64.mean(-1), 1e-6)
+    assert_near("rstd", rstd, torch.rsqrt(x64.var(-1, unbiased=False) + EPS), 1e-6)
+    dy = torch.randn(8, 96).to(dtype)
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd, has_bias=True)
+    assert dx.dtype == dtype and dbias.dtype == (weight.dtype if weight is not None else dtype)
+    assert (dweight is None) == (weight is None)
+
+
+def test_layer_norm_cpu_path_is_atens_kernel_and_old_torch_gets_the_formulas(monkeypatch):
+    x, weight, bias = torch.randn(6, 50), torch.randn(50), torch.randn(50)
+    y, mean, rstd = layer_norm_forward(x, weight, bias, EPS)
+    y_aten, mean_aten, rstd_aten = torch.ops.aten.native_layer_norm(x, [50], weight, bias, EPS)
+    assert torch.equal(y, y_aten) and torch.equal(mean, mean_aten.view(-1)) and torch.equal(rstd, rstd_aten.view(-1))
+    dy = torch.randn(6, 50)
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd)
+    dx_aten, dweight_aten, dbias_aten = torch.ops.aten.native_layer_norm_backward(
+        dy, x, [50], mean_aten, rstd_aten, weight, bias, [True, True, True]
+    )
+    assert torch.equal(dx, dx_aten) and torch.equal(dweight, dweight_aten) and torch.equal(dbias, dbias_aten)
+
+    # a torch without the ATen ops (the feature check fails) runs the reference formulas
+    monkeypatch.setattr(layernorm, "_HAS_ATEN_LAYER_NORM", False)
+    y, mean, rstd = layer_norm_forward(x, weight, bias, EPS)
+    y_r, mean_r, rstd_r = layer_norm_forward_ref(x, weight, bias, EPS)
+    assert torch.equal(y, y_r) and torch.equal(mean, mean_r) and torch.equal(rstd, rstd_r)
+    grads = layer_norm_backward(dy, x, weight, mean, rstd)
+    for got, ref in zip(grads, layer_norm_backward_ref(dy, x, weight, mean_r, rstd_r, True)):
+        assert torch.equal(got, ref)
+
+
+def test_add_layer_norm_cpu_path():
+    x, residual = torch.randn(2, 3, 40), torch.randn(2, 3, 40)
+    weight, bias = torch.randn(40), torch.randn(40)
+    s, y, mean, rstd = add_layer_norm_forward(x, residual, weight, bias, EPS)
+    assert torch.equal(s, x + residual)
+    y2, mean2, rstd2 = layer_norm_forward(x + residual, weight, bias, EPS)
+    assert torch.equal(y, y2) and torch.equal(mean, mean2) and torch.equal(rstd, rstd2)
+    assert mean.shape == (2, 3)
+
+
+def test_layer_norm_custom_ops_opcheck_on_the_low_precision_cpu_path():
+    # the parameter casts and the ones weight that put ATen on its fp32-statistics path
+    x = torch.randn(3, 5, 24).to(torch.bfloat16).requires_grad_()
+    weight = torch.randn(24).to(torch.bfloat16).requires_grad_()
+    torch.library.opcheck(layernorm._layer_norm_op, (x, weight, None, 1e-5))
+    torch.library.opcheck(layernorm._layer_norm_op, (x.detach().half(), None, None, 1e-5))
+    _, mean, rstd = layer_norm_forward(x.detach(), None, None, 1e-5)
+    dy = torch.randn(3, 5, 24).to(torch.bfloat16)
+    torch.library.opcheck(layernorm._layer_norm_bwd_op, (dy, x.detach(), None, mean, rstd, True))
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+# (Tq, Tk, D): is_causal (Tq == Tk), one query (no mask), the additive bottom-right mask, odd and
+# prime sizes
+ATTN_SHAPES = [(1, 1, 8), (2, 2, 1), (17, 17, 32), (64, 64, 64), (128, 128, 128), (5, 23, 16), (1, 37, 59), (31, 97, 33)]
+ATTN_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _attention64(q, k, v, dout, scale):
+    """float64 autograd of naive attention with the bottom-right mask -> (out, lse, dq, dk, dv)."""
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    s = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    s = s.masked_fill(~causal_mask(q.shape[-2], k.shape[-2]), float("-inf"))
+    out = torch.softmax(s, dim=-1) @ v
+    return (out.detach(), torch.logsumexp(s, dim=-1).detach(), *torch.autograd.grad(out, (q, k, v), dout.double()))
+
+
+@pytest.mark.parametrize("Tq,Tk,D", ATTN_SHAPES)
+@pytest.mark.parametrize("dtype", ATTN_DTYPES)
+def test_attention_cpu_path_and_formulas_agree_with_float64(dtype, Tq, Tk, D):
+    B, H = 2, 3
+    q, k, v = (torch.randn(B, H, T, D).to(dtype) for T in (Tq, Tk, Tk))
+    dout = torch.randn(B, H, Tq, D).to(dtype)
+    scale = 0.3  # not 1/sqrt(D): a scale forgotten in one gradient would show
+    want = _attention64(q, k, v, dout, scale)
+
+    out, lse = attention_forward(q, k, v, scale)  # ATen's CPU flash attention
+    cpu_path = (out, lse, *attention_backward(dout, q, k, v, out, lse, scale))
+    out_r, lse_r = attention_forward_ref(q, k, v, scale)
+    formulas = (out_r, lse_r, *attention_backward_ref(dout, q, k, v, out_r, lse_r, scale))
+
+    lse_dtype = _stat_dtype(dtype)
+    names = ("out", "lse", "dq", "dk", "dv")
+    for name, got, ref, w64 in zip(names, cpu_path, formulas, want):
+        expected = lse_dtype if name == "lse" else dtype
+        tol = STAT_TOL[dtype] * 10 if name == "lse" else ATTN_TOL[dtype]
+        for path, t in (("ATen", got), ("formulas", ref)):
+            assert t.dtype == expected, f"{path} {name}: dtype {t.dtype}, expected {expected}"
+            assert t.is_contiguous(), f"{path} {name}: strides {t.stride()} for shape {tuple(t.shape)}"
+            assert_near(f"{path} {name}", t, w64, tol)
+        assert_near(f"ATen vs formulas {name}", got, ref.double(), 2 * tol)
+
+
+def _aten_flash(q, k, v, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
+
+
+def test_attention_cpu_path_is_atens_kernel_and_old_torch_gets_the_formulas(monkeypatch):
+    q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
+    out, lse = attention_forward(q, k, v, 0.25)
+    out_aten, lse_aten = _aten_flash(q, k, v, 0.25)
+    assert torch.equal(out, out_aten) and torch.equal(lse, lse_aten)
+    dout = torch.randn_like(out)
+    grads = attention_backward(dout, q, k, v, out, lse, 0.25)
+    grads_aten = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout, q, k, v, out_aten, lse_aten, 0.0, True, scale=0.25
+    )
+    assert all(torch.equal(g, r) for g, r in zip(grads, grads_aten))
+
+    def assert_formulas(q, k, v):
+        out, lse = attention_forward(q, k, v, 0.25)
+        out_r, lse_r = attention_forward_ref(q, k, v, 0.25)
+        assert torch.equal(out, out_r) and torch.equal(lse, lse_r)
+        dout = torch.randn_like(out)
+        grads = attention_backward(dout, q, k, v, out, lse, 0.25)
+        assert all(torch.equal(g, r) for g, r in zip(grads, attention_backward_ref(dout, q, k, v, out_r, lse_r, 0.25)))
+
+    q3 = q[:, :, -3:].contiguous()
+    # a torch whose CPU flash attention takes no attn_mask: Tq < Tk runs the formulas, Tq == Tk not
+    monkeypatch.setattr(attention, "_ATEN_FLASH_TAKES_MASK", False)
+    assert_formulas(q3, k, v)
+    assert torch.equal(attention_forward(q, k, v, 0.25)[0], out_aten)
+    # a torch without the ops at all: the formulas everywhere
+    monkeypatch.setattr(attention, "_HAS_ATEN_FLASH", False)
+    assert_formulas(q, k, v)
+
+
+def test_attention_cpu_path_takes_non_contiguous_inputs_and_empty_batches():
+    # (B, T, H, D) projections viewed as (B, H, T, D), as a model's q, k, v usually are
+    q, k, v = (torch.randn(2, 11, 3, 16).transpose(1, 2) for _ in range(3))
+    dout = torch.randn(2, 11, 3, 16).transpose(1, 2)
+    out, lse = attention_forward(q, k, v, 0.25)
+    grads = attention_backward(dout, q, k, v, out, lse, 0.25)
+    want = _attention64(q, k, v, dout, 0.25)
+    for name, got, w64 in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), want):
+        assert got.is_contiguous(), name
+        assert_near(name, got, w64, ATTN_TOL[torch.float32])
+    # no batch at all: the formulas, which handle it
+    q0 = torch.randn(0, 2, 4, 8)
+    out, lse = attention_forward(q0, q0, q0, 0.25)
+    assert out.shape == (0, 2, 4, 8) and lse.shape == (0, 2, 4)
+    assert [g.shape for g in attention_backward(out, q0, q0, q0, out, lse, 0.25)] == [q0.shape] * 3
+
+
+@pytest.mark.parametrize("Tq,Tk,dtype", [(6, 6, torch.float32), (1, 5, torch.float32), (6, 6, torch.bfloat16)])
+def test_attention_custom_ops_opcheck_on_every_cpu_path(Tq, Tk, dtype):
+    # test_attention.py checks the masked path (Tq < Tk); these are is_causal and no mask
+    q, k, v = (torch.randn(2, 2, T, 16).to(dtype).requires_grad_() for T in (Tq, Tk, Tk))
+    torch.library.opcheck(torch.ops.toykernels.attention_forward, (q, k, v, 0.25))
+    q, k, v = (t.detach() for t in (q, k, v))
+    out, lse = attention_forward(q, k, v, 0.25)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.toykernels.attention_backward, (dout, q, k, v, out, lse, 0.25))
+
