@@ -89,10 +89,11 @@ PRESETS: dict[str, dict] = {
     # with torch's AdamW defaults (weight decay 0.01, betas 0.9 / 0.999) and no gradient clipping
     "bigram": dict(block_size=8, batch_size=32, max_iters=3000, learning_rate=1e-2, decay_lr=False,
                    weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=300, eval_iters=200),
-    # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers, AdamW 1e-3, batch 16
+    # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers, batch 16, and torch's AdamW
+    # defaults at lr 1e-3 (weight decay 0.01, betas 0.9 / 0.999), no gradient clipping
     "mygpt-char": dict(n_layer=4, n_head=8, n_embd=128, block_size=64, dropout=0.0, bias=True,
                        batch_size=16, max_iters=5000, learning_rate=1e-3, decay_lr=False,
-                       weight_decay=0.01, beta2=0.999, eval_interval=500, eval_iters=50),
+                       weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_iters=50),
     # nanoGPT's config/train_shakespeare_char.py, the "baby GPT"
     "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False,
                              batch_size=64, max_iters=5000, lr_decay_iters=5000, learning_rate=1e-3,
