@@ -11,9 +11,10 @@ Every op module registers itself here (`register_op("layer_norm", [...sources])`
   fails — then it warns once per op with the compiler's first error and keeps falling back.
 - Tensors that are not on CUDA skip the custom ops altogether: `native_path(op, ...)` tells the
   public API to call PyTorch's own op (F.layer_norm, scaled_dot_product_attention) and let
-  autograd differentiate it. The custom ops' fallback formulas are the specification of what
-  the kernels compute, written for reading, not speed; PyTorch's native CPU kernels are an
-  order of magnitude faster per call (a GPT-2 decode step makes 25 LayerNorm calls).
+  autograd differentiate it. The custom ops' Python layers cost tens of microseconds a call,
+  an order of magnitude more than PyTorch's native op on a small tensor (a GPT-2 decode step
+  makes 25 LayerNorm calls). (Underneath, the raw functions' CPU fallback is PyTorch's own CPU
+  kernels too, and elsewhere the formulas of `toykernels.reference`.)
 
 Each decision is recorded so that `backend_info()` can say, per op, what runs and why.
 Nothing here compiles at import time; the first CUDA call of an op builds it.
