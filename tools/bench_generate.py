@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import statistics
 import subprocess
 import time
@@ -84,6 +85,12 @@ def progress(message):
 
 def bench_cpu(args):
     torch.set_num_threads(args.threads)
+    # NOTE: with 2 OpenMP threads on 2 cores, any other busy process makes every parallel
+    # region wait for a descheduled thread: tokens/s then drop several-fold. Say so up front.
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before the run: other processes share the CPU, "
+              "the figures below may be far off", flush=True)
     model, hf = make_models(args.seed, with_hf=True)
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g)
