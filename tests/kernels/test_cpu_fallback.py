@@ -290,3 +290,17 @@ def test_attention_custom_ops_opcheck_on_every_cpu_path(Tq, Tk, dtype):
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.toykernels.attention_backward, (dout, q, k, v, out, lse, 0.25))
 
+
+
+def test_inputs_outside_atens_contract_run_the_formulas():
+    # mixed dtypes (the raw functions do not check them; the formulas cast, ATen would refuse)
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8, dtype=torch.float64), torch.randn(1, 2, 6, 8)
+    out, lse = attention_forward(q, k, v, 0.25)
+    out_r, lse_r = attention_forward_ref(q, k, v, 0.25)
+    assert torch.equal(out, out_r) and torch.equal(lse, lse_r)
+    # statistics handed back in another dtype than the contract's are cast, not refused
+    x, weight, dy = torch.randn(4, 24).to(torch.bfloat16), torch.randn(24), torch.randn(4, 24).to(torch.bfloat16)
+    _, mean, rstd = layer_norm_forward(x, weight, None, EPS)
+    dx, dweight, _ = layer_norm_backward(dy, x, weight, mean.double(), rstd.double(), has_bias=False)
+    dx_r, dweight_r, _ = layer_norm_backward(dy, x, weight, mean, rstd, has_bias=False)
+    assert torch.equal(dx, dx_r) and torch.equal(dweight, dweight_r)

@@ -66,10 +66,12 @@ _ATEN_FLASH_TAKES_MASK = _HAS_ATEN_FLASH and all(
 _ATEN_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _aten_mask(q, k):
+def _aten_mask(q, k, v):
     """(is_causal, attn_mask) that make ATen's CPU flash attention apply our bottom-right causal
     mask, or None when it cannot run these inputs (then the reference formulas do)."""
     if not (_HAS_ATEN_FLASH and q.device.type == "cpu" and q.dtype in _ATEN_DTYPES):
+        return None
+    if not q.dtype == k.dtype == v.dtype:  # the formulas compute in one dtype; ATen would refuse
         return None
     if q.numel() == 0 or k.numel() == 0:
         return None
@@ -102,7 +104,7 @@ def attention_forward(q, k, v, scale):
     if ext is not None:
         out, lse = ext.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
         return out, lse
-    aten_mask = _aten_mask(q, k)
+    aten_mask = _aten_mask(q, k, v)
     if aten_mask is None:
         return attention_forward_ref(q, k, v, scale)
     is_causal, attn_mask = aten_mask
@@ -128,7 +130,7 @@ def attention_backward(dout, q, k, v, out, lse, scale):
             out.contiguous(), lse.contiguous(), float(scale),
         )
         return dq, dk, dv
-    aten_mask = _aten_mask(q, k)
+    aten_mask = _aten_mask(q, k, v)
     if aten_mask is None:
         return attention_backward_ref(dout, q, k, v, out, lse, scale)
     is_causal, attn_mask = aten_mask

@@ -150,6 +150,8 @@ def _backward_aten(dy, x, weight, mean, rstd, has_bias):
     stands in for it (the raw backward is not given the bias).
     """
     w, _ = _aten_params(x, weight, None)
+    # the contract's statistics dtype, which is what ATen expects with these parameters
+    mean, rstd = mean.to(_stat_dtype(x.dtype)), rstd.to(_stat_dtype(x.dtype))
     bias_like = x.new_empty(x.shape[-1], dtype=w.dtype if w is not None else x.dtype) if has_bias else None
     mask = [True, weight is not None, has_bias]  # which of dx, dweight, dbias to compute
     dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
