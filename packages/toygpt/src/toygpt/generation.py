@@ -167,7 +167,7 @@ class BlockWeights(NamedTuple):
     c_fc_bias: torch.Tensor | None
     mlp_proj_weight: torch.Tensor
     mlp_proj_bias: torch.Tensor | None
-    eps: float
+    eps: float  # of ln_1 and ln_2 (GPT-2: 1e-5 for every LayerNorm)
 
 
 class Decoder:
