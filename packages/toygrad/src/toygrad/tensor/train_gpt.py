@@ -2,7 +2,7 @@
 
 The defaults are toygpt's `mygpt-char` preset, shape and recipe (context 64, 128 channels,
 8 heads, 4 layers, no dropout; batch 16, AdamW lr 1e-3 constant, betas (0.9, 0.999), weight
-decay 0.01 on matrices, gradient norm clipped to 1.0), so its loss curve is comparable with
+decay 0.01 on matrices, no gradient clipping), so its loss curve is comparable with
 `toygpt train --preset mygpt-char`'s:
 
     toygrad-train-gpt ../shared/data/tinyshakespeare/input.txt --steps 300
@@ -46,7 +46,7 @@ class TrainConfig:
     lr: float = 1e-3  # constant, as mygpt-char (decay_lr=False)
     weight_decay: float = 0.01  # on >= 2-D parameters only
     beta2: float = 0.999
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, as mygpt-char)
     eval_interval: int = 100  # estimate train/val loss every this many steps (0: never)
     eval_iters: int = 20
     seed: int = 1337
