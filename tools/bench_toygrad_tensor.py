@@ -3,7 +3,7 @@
 Providers (same weights, same batch, measured in the same run, interleaved step by step so
 that load from other processes hits all alike):
   toygrad  toygrad.tensor.nn.GPT: toygrad's own backward rules, toykernels' raw LayerNorm and
-           attention functions (fused CUDA kernels on a GPU, their torch formulas on a CPU),
+           attention functions (fused CUDA kernels on a GPU, ATen's CPU kernels on a CPU),
            toygrad's AdamW
   torch    toygrad.tensor.reference.TorchGPT: the same model in torch.nn with torch's own fused
            ops (F.layer_norm, F.scaled_dot_product_attention), torch.autograd, torch.optim.AdamW

@@ -4,7 +4,8 @@ Composite ops (softmax, cross-entropy, linear, LayerNorm, attention) could be bu
 primitives in tensor.py, and the gradient would come out the same; written as one node each,
 the backward is the short closed form (derived in docs/tensor-autograd.md) instead of a chain of
 temporaries. `layer_norm` and `causal_attention` call toykernels' raw forward/backward
-functions: the fused CUDA kernels on a GPU, their PyTorch formulas on a CPU.
+functions: the fused CUDA kernels on a GPU, ATen's LayerNorm and flash-attention kernels on a
+CPU (toykernels.reference keeps the formulas).
 """
 
 from __future__ import annotations

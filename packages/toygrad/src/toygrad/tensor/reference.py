@@ -7,7 +7,7 @@ and tools/bench_toygrad_tensor.py times one against the other. It uses torch's o
 With `kernels=True` its LayerNorm and attention are toykernels' raw forward/backward functions
 (`layer_norm_forward` / `layer_norm_backward`, `attention_forward` / `attention_backward`)
 wrapped in `torch.autograd.Function`s: exactly the code toygrad's `F.layer_norm` and
-`F.causal_attention` run (fused kernels on CUDA, their torch formulas on a CPU), so a timing
+`F.causal_attention` run (fused kernels on CUDA, ATen's kernels on a CPU), so a timing
 against it compares the autodiff engines alone. Parameter names are nanoGPT's, so
 `state_dict()` moves weights between the models.
 """
