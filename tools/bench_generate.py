@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import os
 import statistics
 import subprocess
 import time
@@ -79,6 +78,22 @@ def gemv_floor(model, repeats: int) -> float:
         return timed(step, repeats * 5)[0]
 
 
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Fraction of all cores' time spent busy over the next `seconds` (Linux), else None."""
+
+    def times():
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(seconds)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def progress(message):
     print("  ..", message, flush=True)
 
@@ -87,10 +102,10 @@ def bench_cpu(args):
     torch.set_num_threads(args.threads)
     # NOTE: with 2 OpenMP threads on 2 cores, any other busy process makes every parallel
     # region wait for a descheduled thread: tokens/s then drop several-fold. Say so up front.
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before the run: other processes share the CPU, "
-              "the figures below may be far off", flush=True)
+    busy = cpu_busy()
+    if busy is not None and busy > 0.1:
+        print(f"warning: {100 * busy:.0f}% of the CPU was busy just before the run: other processes "
+              "share it, the figures below may be far off", flush=True)
     model, hf = make_models(args.seed, with_hf=True)
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g)
