@@ -338,3 +338,27 @@ def test_resume_from_the_cli_takes_the_checkpoints_data_and_notes_changed_settin
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert checkpoint.load_state(tmp_path / "run" / "ckpt")["config"]["data"] == str(data_dir)
+
+
+def test_generate_cli_samples_from_a_bigram_checkpoint(data_dir, tmp_path, capsys):
+    """`toygpt generate --model <bigram run>/ckpt`: the bigram model shares the GPT's generation."""
+    from toygpt.cli import main
+
+    train(make_config("bigram", data=str(data_dir), out=str(tmp_path / "run"), max_iters=5,
+                      eval_interval=5, eval_iters=1, progress=False, sample_tokens=0))
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tmp_path / "run" / "ckpt"), "--prompt", "To be",
+                 "--max-new-tokens", "20", "--seed", "3"]) in (0, None)
+    sampled = capsys.readouterr().out
+    assert 0 < len(sampled.rstrip("\n")) <= 20 and set(sampled) <= set(TEXT)
+    assert main(["generate", "--model", str(tmp_path / "run" / "ckpt"), "--prompt", "To be",
+                 "--max-new-tokens", "20", "--greedy"]) in (0, None)
+    greedy = capsys.readouterr().out
+    # greedy bigram decoding follows the table's argmax from the prompt's last character
+    from toygpt.checkpoint import load_model
+
+    model = load_model(tmp_path / "run" / "ckpt")
+    ids = model.tokenizer.encode("To be")
+    for _ in range(20):
+        ids.append(int(model.token_embedding_table.weight[ids[-1]].argmax()))
+    assert greedy.rstrip("\n") == model.tokenizer.decode(ids[len("To be"):])

@@ -30,6 +30,7 @@ class BigramLanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
+        self.tokenizer = None  # set by from_pretrained / the trainer; used by text generation
 
     def forward(self, idx, targets=None):
         logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
@@ -46,16 +47,21 @@ class BigramLanguageModel(nn.Module):
         return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas,
                                  weight_decay=weight_decay, fused=device_type == "cuda")
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -1:])[0][:, -1, :] / temperature  # (B, vocab_size)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
+    # A bigram model has no state to cache: generation.py runs forward_cached on the window
+    # at each step (only the last token matters) and skips the KV cache.
+    supports_kv_cache = False
+
+    def forward_cached(self, idx, kv_caches, pos: int):
+        """Logits of the token after idx's last one, (B, vocab_size) (the GPT's decode API)."""
+        return self.token_embedding_table(idx[:, -1])
+
+    def generate(self, idx=None, max_new_tokens=None, temperature=1.0, top_k=None, **kwargs):
+        """The GPT's generation (toygpt.generation.generate): nanoGPT's tensor form
+        `generate(idx, max_new_tokens, temperature, top_k)`, or text with `prompt=...`."""
+        from toygpt import generation
+
+        return generation.generate(self, idx, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_k=top_k, **kwargs)
 
     def save_pretrained(self, path) -> None:
         path = Path(path)
@@ -70,4 +76,9 @@ class BigramLanguageModel(nn.Module):
         config.pop("model_type")
         model = cls(BigramConfig(**config))
         model.load_state_dict(load_file(path / "model.safetensors"))
+        tokenizer_file = path / "tokenizer.json"
+        if tokenizer_file.is_file():  # a training checkpoint: the data's tokenizer beside it
+            from toygpt.tokenizers import load_tokenizer
+
+            model.tokenizer = load_tokenizer(tokenizer_file)
         return model

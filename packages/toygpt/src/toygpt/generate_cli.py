@@ -9,6 +9,7 @@ The sampling itself is `GPT.generate` (generation.py); this file only parses and
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from toygpt.errors import ToyGPTError
 
@@ -38,7 +39,12 @@ def run(args) -> None:
         raise ToyGPTError(f"--device {args.device!r} is not a torch device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ToyGPTError(f"--device {args.device}: CUDA is not available")
-    model = GPT.from_pretrained(args.model).to(device)
+    if '"toygpt-bigram"' in _read_config(Path(args.model)):
+        from toygpt.checkpoint import load_model
+
+        model = load_model(args.model).to(device)  # a `--preset bigram` training checkpoint
+    else:
+        model = GPT.from_pretrained(args.model).to(device)
     pieces = model.generate(
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed, stop=args.stop,
@@ -47,3 +53,11 @@ def run(args) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _read_config(path: Path) -> str:
+    """The text of path/config.json when path is a directory holding one, else ''."""
+    try:
+        return (path / "config.json").read_text()
+    except OSError:
+        return ""

@@ -246,6 +246,7 @@ def decode_tokens(model, idx, max_new_tokens: int, sample, use_cache: bool = Tru
             tokens[:, :T] = idx
             n = T  # tokens held
             # positions the cache must hold: the whole sequence, or block_size once it slides
+            use_cache = use_cache and getattr(model, "supports_kv_cache", True)
             cache = new_kv_cache(model, B, T + max_new_tokens) if use_cache else None
             decoder = Decoder(model, cache) if use_cache else None
             logits = model.forward_cached(tokens[:, max(0, n - block_size):n], cache, 0)  # (B, V), prefill
@@ -413,4 +414,4 @@ def _tokenizer(model, tokenizer):
 
 
 def _device(model):
-    return model.lm_head.weight.device
+    return next(model.parameters()).device
