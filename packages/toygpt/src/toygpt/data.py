@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toygpt import net
 from toygpt.errors import ToyGPTError
 
 
@@ -60,28 +59,8 @@ def sha256_of(path: Path) -> str:
 
 
 def _reachable(url: str, timeout: float) -> bool:
-    """Whether `url`'s host accepts a connection within `timeout` seconds (file:// URLs: always).
-
-    NOTE: the DNS lookup ignores socket timeouts and can block for long on a machine without a
-    network, so the probe runs in a daemon thread that we stop waiting for after `timeout`.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        return True
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    """Whether `url`'s host answers within `timeout` seconds, DNS included (file:// URLs: always)."""
+    return net.reachable(url, timeout)
 
 
 def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: float = 10.0) -> Path:

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from toygpt import net
 from toygpt.errors import ToyGPTError
 from toygpt.model import GPTConfig
 
@@ -242,25 +240,7 @@ def _looks_like_repo_id(name: str) -> bool:
 
 def _hub_reachable(timeout: float = _PROBE_SECONDS) -> bool:
     """Whether a TCP connection to the hub (HF_ENDPOINT) opens within `timeout` seconds."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    port = url.port or (80 if url.scheme == "http" else 443)
-    # NOTE: the DNS lookup inside create_connection ignores its timeout and can block for a long
-    # time on a machine without network, so the probe runs in a daemon thread that we stop
-    # waiting for after `timeout` seconds (tokenizers/gpt2.py probes the same way).
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except (OSError, ValueError):
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return net.reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 def resolve_hub(name: str) -> Path:

@@ -17,14 +17,13 @@ no network becomes one ToyGPTError saying where to put the files, after a few se
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 import tiktoken
 
+from toygpt import net
 from toygpt.errors import ToyGPTError
 from toygpt.tokenizers.base import Tokenizer, register
 from toygpt.tokenizers.gpt2_files import (
@@ -99,21 +98,7 @@ def _tiktoken_cache_has_gpt2() -> bool:
 
 
 def _network_reachable(timeout: float = _NETWORK_PROBE_SECONDS) -> bool:
-    # The DNS lookup ignores socket timeouts and can block for long offline, so the whole probe
-    # runs in a daemon thread that we stop waiting for after `timeout` seconds.
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((_BLOB_HOST, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return net.reachable(f"https://{_BLOB_HOST}/", timeout)
 
 
 def _offline_error(reason: str) -> ToyGPTError:
