@@ -401,7 +401,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
         runs = Path(tmp) / "runs"
         if args.device.startswith("cuda"):
             result, wall, tr, va = quality_run("shakespeare-char", data_dir, runs, "shakespeare-char",
-                                               {"compile": args.compile}, args.eval_batches, args.device)
+                                               {"compile": args.compile, "seed": args.seed}, args.eval_batches,
+                                               args.device)
             met = va <= SHAKESPEARE_CHAR_VAL_GOAL
             print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
                   f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
@@ -414,8 +415,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
 
         # nanoGPT's CPU recipe
         recipe = {**NANOGPT_CPU, "max_iters": 20, "eval_interval": 10} if args.smoke else NANOGPT_CPU
-        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char", recipe,
-                                           args.eval_batches, args.device)
+        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char",
+                                           {**recipe, "seed": args.seed}, args.eval_batches, args.device)
         recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
         met = va <= NANOGPT_CPU_VAL_GOAL
         print(f"nanoGPT CPU recipe: val loss {va:.4f} over {args.eval_batches} batches "
@@ -431,7 +432,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
         # trains exactly the first 1500 steps of the full run)
         result, wall, tr, va = quality_run("mygpt-char", data_dir, runs, "mygpt-char",
                                            dict(max_iters=20 if args.smoke else MYGPT_STEP,
-                                                eval_interval=20 if args.smoke else MYGPT_STEP),
+                                                eval_interval=20 if args.smoke else MYGPT_STEP,
+                                                seed=args.seed),
                                            args.eval_batches, args.device)
         met = tr <= MYGPT_TRAIN_GOAL
         print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
@@ -458,7 +460,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per provider first")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile both models (speed), or the trained model (GPU quality)")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="weights and batches of the timed models, and of the quality runs")
     parser.add_argument("--smoke", action="store_true",
                         help="a test of this script: 20 iterations per quality run, 2 rounds of 2 steps, no CSV")
     parser.add_argument("--csv", type=Path, default=None,
