@@ -362,6 +362,14 @@ def eval_loss(model, batches, split: str, n_batches: int, block_size: int, devic
     return sum(losses) / len(losses)
 
 
+def quality_row(meta: dict, benchmark: str, shape: str, result: dict, train_loss: float,
+                val_loss: float, wall: float, goal: str, met: bool) -> dict:
+    """One CSV row of a quality run."""
+    return {**meta, "benchmark": benchmark, "provider": "toygpt train", "shape": shape,
+            "steps": len(result["losses"]), "train_loss": f"{train_loss:.4f}",
+            "val_loss": f"{val_loss:.4f}", "wall_s": f"{wall:.1f}", "goal": goal, "met": met}
+
+
 def quality_run(name: str, data_dir: Path, out_dir: Path, preset: str, settings: dict, eval_batches: int,
                 device: str):
     """Train with toygpt's trainer; returns (result, wall seconds, train loss, val loss), where
@@ -407,10 +415,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
             print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
                   f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
                   f"{wall:.0f} s wall")
-            rows.append({**meta, "benchmark": "shakespeare-char-quality", "provider": "toygpt train",
-                         "shape": "preset shakespeare-char", "steps": len(result["losses"]),
-                         "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
-                         "goal": f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", "met": met})
+            rows.append(quality_row(meta, "shakespeare-char-quality", "preset shakespeare-char", result,
+                                    tr, va, wall, f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", met))
             return rows
 
         # nanoGPT's CPU recipe
@@ -423,10 +429,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
               f"({recipe_val:.4f} over the recipe's {NANOGPT_CPU['eval_iters']}), train loss {tr:.4f}; "
               f"goal <= {NANOGPT_CPU_VAL_GOAL}: {'met' if met else 'missed'}; wall time {wall:.0f} s "
               f"for {len(result['losses'])} iterations", flush=True)
-        rows.append({**meta, "benchmark": "nanogpt-cpu-recipe-quality", "provider": "toygpt train",
-                     "shape": "L4 H4 C128 T64 B12 bias=False dropout=0", "steps": len(result["losses"]),
-                     "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
-                     "goal": f"val <= {NANOGPT_CPU_VAL_GOAL}", "met": met})
+        rows.append(quality_row(meta, "nanogpt-cpu-recipe-quality", "L4 H4 C128 T64 B12 bias=False dropout=0",
+                                result, tr, va, wall, f"val <= {NANOGPT_CPU_VAL_GOAL}", met))
 
         # the MyGPT seed, stopped at iteration 1500 (its schedule is constant, so stopping early
         # trains exactly the first 1500 steps of the full run)
@@ -439,10 +443,8 @@ def bench_quality(args, meta: dict) -> list[dict]:
         print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
               f"batches (goal <= {MYGPT_TRAIN_GOAL}: {'met' if met else 'missed'}; MyGPT reported "
               f"1.516), val loss {va:.4f}; wall time {wall:.0f} s", flush=True)
-        rows.append({**meta, "benchmark": "mygpt-char-quality", "provider": "toygpt train",
-                     "shape": "preset mygpt-char (L4 H8 C128 T64 B16)", "steps": len(result["losses"]),
-                     "train_loss": f"{tr:.4f}", "val_loss": f"{va:.4f}", "wall_s": f"{wall:.1f}",
-                     "goal": f"train at {MYGPT_STEP} <= {MYGPT_TRAIN_GOAL}", "met": met})
+        rows.append(quality_row(meta, "mygpt-char-quality", "preset mygpt-char (L4 H8 C128 T64 B16)", result,
+                                tr, va, wall, f"train at {MYGPT_STEP} <= {MYGPT_TRAIN_GOAL}", met))
     return rows
 
 

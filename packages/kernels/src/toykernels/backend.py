@@ -130,8 +130,8 @@ def select(op: str, *tensors: torch.Tensor | None, unsupported: str | None = Non
 
 
 def load_or_fall_back(op: str, device: torch.device, chosen: str):
-    """The op's extension, or None after a failed build: then warn once per op and device type
-    with the compiler's first error and the log's path; forced `cuda` raises instead."""
+    """The op's extension, or None after a failed build: then warn once per op and GPU
+    architecture with the compiler's first error and the log's path; forced `cuda` raises."""
     try:
         return _load(op, device)
     except BuildError as error:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from toygpt.errors import ToyGPTError
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True,
@@ -25,26 +23,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, mps")
 
 
 def run(args) -> None:
-    import torch
-
+    from toygpt.checkpoint import load_model
     from toygpt.model import GPT
+    from toygpt.train import resolve_device
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ToyGPTError(f"--device {args.device!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ToyGPTError(f"--device {args.device}: CUDA is not available")
-    if '"toygpt-bigram"' in _read_config(Path(args.model)):
-        from toygpt.checkpoint import load_model
-
-        model = load_model(args.model).to(device)  # a `--preset bigram` training checkpoint
+    device = resolve_device(args.device)
+    if (Path(args.model) / "config.json").is_file():
+        # a local directory: load_model reads its model_type (a toygpt GPT or bigram checkpoint,
+        # or a transformers GPT-2 directory)
+        model = load_model(args.model).to(device)
     else:
-        model = GPT.from_pretrained(args.model).to(device)
+        model = GPT.from_pretrained(args.model).to(device)  # a hub name, or an error naming it
     pieces = model.generate(
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed, stop=args.stop,
@@ -53,11 +46,3 @@ def run(args) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-
-
-def _read_config(path: Path) -> str:
-    """The text of path/config.json when path is a directory holding one, else ''."""
-    try:
-        return (path / "config.json").read_text()
-    except OSError:
-        return ""
