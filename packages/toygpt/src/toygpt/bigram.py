@@ -13,10 +13,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from toygpt.model import adamw
 
 
 @dataclass
@@ -44,8 +45,7 @@ class BigramLanguageModel(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # the table is a 2-D weight, so it decays, as the GPT's embeddings do
-        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas,
-                                 weight_decay=weight_decay, fused=device_type == "cuda")
+        return adamw(self.parameters(), learning_rate, betas, device_type, weight_decay=weight_decay)
 
     # A bigram model has no state to cache: generation.py runs forward_cached on the window
     # at each step (only the last token matters) and skips the KV cache.
