@@ -145,3 +145,25 @@ def test_configure_optimizers_decays_matrices_only(tiny_gpt):
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == model.num_params(non_embedding=False)
+
+
+def test_fused_adamw_on_cpu_matches_the_for_loop(tiny_gpt):
+    """configure_optimizers fuses AdamW on CPU; three steps land where torch's for-loop AdamW does.
+    (No biases: the key bias's gradient is rounding noise, which Adam scales up to +-lr.)"""
+    model = tiny_gpt(bias=False)
+    twin = tiny_gpt(bias=False)
+    twin.load_state_dict(model.state_dict())
+    fused = model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+    assert all(g["fused"] for g in fused.param_groups)
+    plain_params = list(twin.parameters())
+    loop = torch.optim.AdamW([{"params": [p for p in plain_params if p.dim() >= 2], "weight_decay": 0.1},
+                              {"params": [p for p in plain_params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.99), foreach=False)
+    for _ in range(3):
+        idx = torch.randint(0, model.config.vocab_size, (2, 8))
+        for m, opt in ((model, fused), (twin, loop)):
+            opt.zero_grad()
+            m(idx, idx)[1].backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
