@@ -76,6 +76,12 @@ def check_against_reference(B, H, Tq, Tk, D, dtype, seed):
     torch.manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for T in (Tq, Tk, Tk))
     dout = torch.randn(B, H, Tq, D, device="cuda", dtype=dtype)
+    check_tensors_against_reference(q, k, v, dout)
+
+
+def check_tensors_against_reference(q, k, v, dout):
+    """The kernel's forward and backward on these (possibly strided) tensors against float64."""
+    (B, H, Tq, D), Tk, dtype = q.shape, k.shape[2], q.dtype
     scale = 1 / math.sqrt(D)
 
     ext = backend.select("attention", q, k, v)
@@ -110,6 +116,7 @@ def check_against_reference(B, H, Tq, Tk, D, dtype, seed):
         err, terr = max_err(g, r), max_err(tg, r)
         gcap = cap * max(1.0, r.abs().max().item())
         assert err <= 3 * terr + floor and err <= gcap, f"{name}: kernel err {err:.3g}, torch err {terr:.3g}"
+    return out, lse, dq, dk, dv
 
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -184,3 +191,137 @@ def test_deterministic_backward():
     second = attention_backward(dout, q, k, v, out, lse, 0.125)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# strided inputs: the kernels take B, H and T strides, so views need no copy
+
+
+def fused_qkv_views(B, T, H, D, dtype, style):
+    """q, k, v as the models make them: transposed views of one fused QKV projection."""
+    if style == "split":  # toygpt: (B, T, 3C).split(C, dim=2), .view(B, T, H, D).transpose(1, 2)
+        qkv = torch.randn(B, T, 3 * H * D, device="cuda", dtype=dtype)
+        return tuple(t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
+    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=dtype)  # toygrad: qkv[:, :, i].transpose(1, 2)
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+
+def kv_cache_views(B, H, Tk, D, dtype, extra=37):
+    """k, v = cache.narrow(2, 0, Tk) of preallocated (B, H, Tk + extra, D) caches whose unused tail
+    is NaN: a kernel that reads past Tk, or steps rows by D instead of the stride, gets NaN."""
+    views = []
+    for _ in range(2):
+        cache = torch.full((B, H, Tk + extra, D), float("nan"), device="cuda", dtype=dtype)
+        cache[:, :, :Tk] = torch.randn(B, H, Tk, D, device="cuda", dtype=dtype)
+        views.append(cache.narrow(2, 0, Tk))
+    return tuple(views)
+
+
+def transposed_randn(B, H, T, D, dtype):
+    """A (B, H, T, D) view of a (B, T, H, D) buffer: what autograd hands back through transpose(1, 2)."""
+    return torch.randn(B, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 17, 130, 1025])
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("style", ["split", "stacked"])
+def test_kernel_fused_qkv_views(dtype, T, D, style):
+    torch.manual_seed(T * 131 + D)
+    B, H = (2, 3) if T < 1024 else (1, 4)
+    q, k, v = fused_qkv_views(B, T, H, D, dtype, style)
+    assert not q.is_contiguous()
+    check_tensors_against_reference(q, k, v, transposed_randn(B, H, T, D, dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 17), (1, 1023), (5, 64), (17, 130), (63, 64), (100, 300)])
+@pytest.mark.parametrize("D", [32, 64, 128])
+def test_kernel_kv_cache_views(dtype, Tq, Tk, D):
+    torch.manual_seed(Tq * 7 + Tk + D)
+    B, H = 2, 3
+    k, v = kv_cache_views(B, H, Tk, D, dtype)
+    q = transposed_randn(B, H, Tq, D, dtype)  # the new tokens' q, as the model makes it
+    assert not k.is_contiguous()
+    check_tensors_against_reference(q, k, v, transposed_randn(B, H, Tq, D, dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_views_give_the_same_bits_as_contiguous_copies(dtype):
+    # the layout changes addresses only, never the arithmetic: forward and gradients through
+    # autograd must be bitwise equal to those of contiguous copies
+    B, T, H, D = 2, 150, 4, 64
+    qkv = torch.randn(B, T, 3 * H * D, device="cuda", dtype=dtype, requires_grad=True)
+    q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
+    out = causal_attention(q, k, v)
+    y = out.transpose(1, 2).reshape(B, T, H * D)
+    g = torch.randn_like(y)
+    (dqkv,) = torch.autograd.grad(y, qkv, g)
+
+    qc, kc, vc = (t.detach().contiguous().requires_grad_() for t in (q, k, v))
+    outc = causal_attention(qc, kc, vc)
+    grads_c = torch.autograd.grad(outc, (qc, kc, vc), g.view(B, T, H, D).transpose(1, 2))
+    assert torch.equal(out, outc)
+    for i, gc in enumerate(grads_c):
+        assert torch.equal(dqkv[:, :, i * H * D : (i + 1) * H * D].view(B, T, H, D).transpose(1, 2), gc)
+
+    # a decode step against a narrowed KV cache, likewise
+    k_cache, v_cache = kv_cache_views(B, H, 77, D, dtype)
+    q1 = transposed_randn(B, H, 1, D, dtype)
+    step = causal_attention(q1, k_cache, v_cache)
+    assert torch.equal(step, causal_attention(q1.contiguous(), k_cache.contiguous(), v_cache.contiguous()))
+
+
+@pytest.mark.cuda
+def test_output_takes_the_layout_of_q():
+    B, T, H, D = 2, 33, 4, 64
+    x = torch.randn(B, T, H * D, device="cuda", dtype=torch.float16)
+    q = x.view(B, T, H, D).transpose(1, 2)  # dense, laid out (B, T, H, D)
+    k, v = (torch.randn_like(x).view(B, T, H, D).transpose(1, 2) for _ in range(2))
+    out, lse = attention_forward(q, k, v, 0.125)
+    assert out.stride() == q.stride()
+    assert lse.is_contiguous()
+    y = out.transpose(1, 2).reshape(B, T, H * D)  # back to (B, T, C): a view, no copy
+    assert y.data_ptr() == out.data_ptr() and y.is_contiguous()
+    dq, dk, dv = attention_backward(torch.randn_like(out), q, k, v, out, lse, 0.125)
+    assert (dq.stride(), dk.stride(), dv.stride()) == (q.stride(), k.stride(), v.stride())
+    # views of a fused QKV projection are not dense: empty_like (torch 2.13) still follows their
+    # stride order, so the output is laid out (B, T, H, D) and the transpose back is free too
+    qs, ks, vs = fused_qkv_views(B, T, H, D, torch.float16, "split")
+    outs, _ = attention_forward(qs, ks, vs, 0.125)
+    assert outs.stride() == torch.empty_like(qs).stride()
+    assert outs.transpose(1, 2).is_contiguous()
+    # fake (meta) registrations agree with the real outputs on these layouts, and autograd works
+    decode = (transposed_randn(B, H, 1, D, torch.float16), *kv_cache_views(B, H, 40, D, torch.float16))
+    for args in ((q, k, v), (qs, ks, vs), decode):
+        args = tuple(t.detach().requires_grad_() for t in args)
+        torch.library.opcheck(torch.ops.toykernels.attention_forward, (*args, 0.125))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inputs_the_kernel_cannot_address_are_copied(dtype):
+    # D stride != 1, or a data pointer that is not 16-byte aligned: the binding copies them
+    torch.manual_seed(0)
+    B, H, T, D = 2, 3, 70, 64
+    q = torch.randn(B, H, D, T, device="cuda", dtype=dtype).transpose(2, 3)  # D stride T
+    flat = torch.randn(B * H * T * D + 1, device="cuda", dtype=dtype)
+    k = flat[1:].view(B, H, T, D)  # misaligned by one element
+    v = torch.randn(B, H, T, D, device="cuda", dtype=dtype)
+    out, *_ = check_tensors_against_reference(q, k, v, torch.randn(B, H, T, D, device="cuda", dtype=dtype))
+    assert out.stride(-1) == 1  # not q's layout: the kernel could not write that
+    torch.library.opcheck(torch.ops.toykernels.attention_forward, (q, k, v, 0.125))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(0, 2, 5, 64), (2, 0, 5, 64)])
+def test_empty_batch_or_heads_falls_back_to_torch(shape):
+    q = torch.randn(*shape, device="cuda", dtype=torch.float16, requires_grad=True)
+    out = causal_attention(q, q, q)
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+    assert "attention: torch fallback: empty input" in backend.backend_info("cuda")

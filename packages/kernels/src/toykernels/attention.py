@@ -38,6 +38,8 @@ backend.register_op(OP_NAME, SOURCES)
 
 def _unsupported_reason(q: torch.Tensor) -> str | None:
     """Why the CUDA kernel cannot run these inputs, or None when it can."""
+    if q.numel() == 0:  # the kernels put B * H on the grid, so B, H or Tq = 0 launches nothing
+        return f"empty input {tuple(q.shape)}"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} not supported (float16, bfloat16, float32 are)"
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
@@ -50,6 +52,44 @@ def _unsupported_reason(q: torch.Tensor) -> str | None:
 def _select(*tensors: torch.Tensor):
     """The built CUDA extension to run, or None for the torch path."""
     return backend.select(OP_NAME, *tensors, unsupported=_unsupported_reason(tensors[0]))
+
+
+def _kernel_addressable(t: torch.Tensor) -> bool:
+    """Whether the kernels can address this (B, H, T, D) layout in place: unit stride along D and
+    16-byte aligned row starts (see attention_bindings.cpp, kernel_addressable; the data pointer,
+    which a fake tensor lacks, is checked there)."""
+    if t.shape[3] > 1 and t.stride(3) != 1:
+        return False
+    return all(t.shape[d] <= 1 or t.stride(d) * t.element_size() % 16 == 0 for d in range(3))
+
+
+def _kernel_output(like: torch.Tensor) -> torch.Tensor:
+    """The output the CUDA binding allocates for an input `like` (empty_output there):
+    torch.empty_like, which follows like's memory order (q transposed out of a fused QKV
+    projection gives an output laid out (B, T, H, D)), or contiguous where the kernels could not
+    write that layout."""
+    out = torch.empty_like(like)
+    if not _kernel_addressable(out):
+        out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return out
+
+
+def _empty_output(like: torch.Tensor) -> torch.Tensor:
+    """An output (out, dq, dk or dv) for input `like` with the strides the raw functions return:
+    on CUDA the kernel's layout (_kernel_output; the torch fallback is copied into it), elsewhere
+    contiguous (the CPU paths). The fake registrations use it, so fake and real strides agree."""
+    if like.device.type != "cuda":
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return _kernel_output(like)
+
+
+def _as_output(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A torch-path result (contiguous) with the strides of _empty_output(like): a copy only on
+    CUDA, for an input the kernel could not run and whose layout is not contiguous."""
+    want = _empty_output(like)
+    if all(n <= 1 or a == b for n, a, b in zip(t.shape, t.stride(), want.stride())):
+        return t
+    return want.copy_(t)
 
 
 # PyTorch's own CPU flash attention (what scaled_dot_product_attention runs on a CPU), called
@@ -98,21 +138,25 @@ def attention_forward(q, k, v, scale):
     q: (B, H, Tq, D), k and v: (B, H, Tk, D) with Tq <= Tk. lse (B, H, Tq) is the logsumexp of
     each row of scaled scores, in float32 (float64 for float64 inputs): the backward needs it.
     Runs the CUDA kernel, or on a CPU PyTorch's own flash attention, else the formulas of
-    `reference.attention_forward_ref`.
+    `reference.attention_forward_ref`. q, k, v may be strided views (D stride 1 to avoid a copy);
+    on CUDA out follows q's memory order (see `_empty_output`), on a CPU it is contiguous.
     """
     ext = _select(q, k, v)
     if ext is not None:
-        out, lse = ext.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
+        # strided views (a transposed fused QKV projection, a narrowed KV cache) go in as they
+        # are: the kernels take strides, and the binding copies only what they cannot address
+        out, lse = ext.attention_forward(q, k, v, float(scale))
         return out, lse
     aten_mask = _aten_mask(q, k, v)
     if aten_mask is None:
-        return attention_forward_ref(q, k, v, scale)
+        out, lse = attention_forward_ref(q, k, v, scale)
+        return _as_output(out, q), lse
     is_causal, attn_mask = aten_mask
     out, lse = getattr(torch.ops.aten, _FLASH_CPU)(
         q.contiguous(), k.contiguous(), v.contiguous(), 0.0, is_causal, attn_mask=attn_mask, scale=float(scale)
     )
     # NOTE: ATen lays lse (B, H, Tq) out as (B, Tq, H), and with a mask out (B, H, Tq, D) as
-    # (B, Tq, H, D); ours, like the kernel's, are contiguous (no copy when they already are)
+    # (B, Tq, H, D); on a CPU ours are contiguous (no copy when they already are)
     return out.contiguous(), lse.contiguous()
 
 
@@ -121,18 +165,16 @@ def attention_backward(dout, q, k, v, out, lse, scale):
 
     P is recomputed from q, k and lse (never stored); the formulas are in
     `reference.attention_backward_ref`, which runs where neither the CUDA kernel nor PyTorch's
-    CPU flash attention does.
+    CPU flash attention does. On CUDA dq, dk, dv follow the memory order of q, k, v.
     """
     ext = _select(q, k, v)
-    if ext is not None:
-        dq, dk, dv = ext.attention_backward(
-            dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-            out.contiguous(), lse.contiguous(), float(scale),
-        )
+    if ext is not None:  # strided inputs as they are, as in attention_forward
+        dq, dk, dv = ext.attention_backward(dout, q, k, v, out, lse, float(scale))
         return dq, dk, dv
     aten_mask = _aten_mask(q, k, v)
     if aten_mask is None:
-        return attention_backward_ref(dout, q, k, v, out, lse, scale)
+        dq, dk, dv = attention_backward_ref(dout, q, k, v, out, lse, scale)
+        return _as_output(dq, q), _as_output(dk, k), _as_output(dv, v)
     is_causal, attn_mask = aten_mask
     dq, dk, dv = getattr(torch.ops.aten, _FLASH_CPU + "_backward")(
         dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
@@ -155,7 +197,7 @@ def _attention_forward_op(
 @_attention_forward_op.register_fake
 def _(q, k, v, scale):
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=lse_dtype)
+    return _empty_output(q), q.new_empty(q.shape[:-1], dtype=lse_dtype)
 
 
 @torch.library.custom_op("toykernels::attention_backward", mutates_args=())
@@ -168,7 +210,7 @@ def _attention_backward_op(
 
 @_attention_backward_op.register_fake
 def _(dout, q, k, v, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return _empty_output(q), _empty_output(k), _empty_output(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -182,7 +224,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, dlse):
     # NOTE: lse is an auxiliary output for the backward; its gradient (dlse) is not propagated.
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _attention_backward_op(dout.contiguous(), q, k, v, out, lse, ctx.scale)
+    # dout as autograd hands it over (often a transposed view): the CPU paths take any strides,
+    # and the CUDA binding copies it only when the kernels cannot address it
+    dq, dk, dv = _attention_backward_op(dout, q, k, v, out, lse, ctx.scale)
     return dq, dk, dv, None
 
 

@@ -17,6 +17,10 @@
 // over its key tiles. Both recompute P = exp(S * scale - lse) from q, k and the saved
 // logsumexp; no atomics, so deterministic. fp16/bf16 run the matmuls on tensor cores through
 // WMMA (attention_bwd_*_tc); fp32 runs the same algorithm on CUDA cores.
+//
+// Every (B, H, T, D) tensor is addressed through its own B, H and T strides (AttnStrides, unit
+// stride along D): the block of flattened head bh = blockIdx.y finds row t of a tensor at
+// row_offset(strides, bh, H, t). All global offsets are int64.
 
 #include "attention.h"
 
@@ -61,6 +65,11 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
   uint32_t u;
   memcpy(&u, &h, 4);
   return u;
+}
+
+// Element offset of row t of flattened head bh = b * H + h in a tensor with these strides.
+__device__ __forceinline__ int64_t row_offset(const AttnStrides& s, int bh, int H, int64_t t) {
+  return static_cast<int64_t>(bh / H) * s.batch + static_cast<int64_t>(bh % H) * s.head + t * s.time;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,22 +143,25 @@ template <int D> constexpr size_t fwd_tc_smem_bytes() {
   return sizeof(uint16_t) * padded<D>() * (kFwdBM + 2 * 2 * kFwdBN);  // Q + 2 stages of K and V
 }
 
-// Copy rows [0, ROWS) of a (T, D) tile starting at `g` into shared memory; rows >= valid are zeros.
+// Copy rows [0, ROWS) of a tile whose row r starts at g + r * ld into shared memory; rows >=
+// valid are zeros. Every row start is 16-byte aligned (attention.h).
 template <typename T, int D, int ROWS>
-__device__ __forceinline__ void load_tile_async(T* smem, const T* g, int valid, int tid) {
+__device__ __forceinline__ void load_tile_async(T* smem, const T* g, int64_t ld, int valid, int tid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   for (int c = tid; c < ROWS * kChunks; c += kFwdThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool ok = r < valid;
     // NOTE: the zero-fill rows still need a valid address: the tile's first row always is.
-    cp_async_16(smem + r * padded<D>() + col, ok ? g + static_cast<int64_t>(r) * D + col : g, ok ? 16 : 0);
+    cp_async_16(smem + r * padded<D>() + col, ok ? g + r * ld + col : g, ok ? 16 : 0);
   }
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kFwdThreads)
-    flash_forward_tc(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                     T* __restrict__ out, float* __restrict__ lse, int Tq, int Tk, float scale_log2) {
+    flash_forward_tc(const T* __restrict__ q, const AttnStrides qs, const T* __restrict__ k,
+                     const AttnStrides ks, const T* __restrict__ v, const AttnStrides vs,
+                     T* __restrict__ out, const AttnStrides os, float* __restrict__ lse, int H, int Tq,
+                     int Tk, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);     // (kFwdBM, D+8)
   T* sK = sQ + kFwdBM * padded<D>();           // (2, kFwdBN, D+8)
@@ -159,19 +171,19 @@ __global__ void __launch_bounds__(kFwdThreads)
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates: row group, thread in group
   // Heavier (later) query tiles first: with causal masking they have the most key tiles.
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kFwdBM;
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   const int offset = Tk - Tq;  // query i sees keys 0 .. i + offset
-  q += (bh * Tq + m0) * D;
-  k += bh * Tk * D;
-  v += bh * Tk * D;
+  q += row_offset(qs, bh, H, m0);
+  k += row_offset(ks, bh, H, 0);
+  v += row_offset(vs, bh, H, 0);
 
   // Keys this query tile needs: its last row sees keys < m0 + kFwdBM + offset.
   const int kv_end = min(Tk, m0 + kFwdBM + offset);
   const int n_tiles = (kv_end + kFwdBN - 1) / kFwdBN;
 
-  load_tile_async<T, D, kFwdBM>(sQ, q, min(kFwdBM, Tq - m0), tid);
-  load_tile_async<T, D, kFwdBN>(sK, k, min(kFwdBN, Tk), tid);
-  load_tile_async<T, D, kFwdBN>(sV, v, min(kFwdBN, Tk), tid);
+  load_tile_async<T, D, kFwdBM>(sQ, q, qs.time, min(kFwdBM, Tq - m0), tid);
+  load_tile_async<T, D, kFwdBN>(sK, k, ks.time, min(kFwdBN, Tk), tid);
+  load_tile_async<T, D, kFwdBN>(sV, v, vs.time, min(kFwdBN, Tk), tid);
   cp_async_commit();
 
   const int row0 = m0 + warp * 16 + g;  // this thread's two query rows: row0 and row0 + 8
@@ -189,8 +201,8 @@ __global__ void __launch_bounds__(kFwdThreads)
       const int n1 = (n + 1) * kFwdBN;
       T* sK1 = sK + (stage ^ 1) * kFwdBN * padded<D>();
       T* sV1 = sV + (stage ^ 1) * kFwdBN * padded<D>();
-      load_tile_async<T, D, kFwdBN>(sK1, k + static_cast<int64_t>(n1) * D, min(kFwdBN, Tk - n1), tid);
-      load_tile_async<T, D, kFwdBN>(sV1, v + static_cast<int64_t>(n1) * D, min(kFwdBN, Tk - n1), tid);
+      load_tile_async<T, D, kFwdBN>(sK1, k + n1 * ks.time, ks.time, min(kFwdBN, Tk - n1), tid);
+      load_tile_async<T, D, kFwdBN>(sV1, v + n1 * vs.time, vs.time, min(kFwdBN, Tk - n1), tid);
       cp_async_commit();
       cp_async_wait<1>();  // everything but the prefetch has landed
     } else {
@@ -305,20 +317,18 @@ __global__ void __launch_bounds__(kFwdThreads)
   l_1 += __shfl_xor_sync(0xffffffff, l_1, 1);
   l_1 += __shfl_xor_sync(0xffffffff, l_1, 2);
   const float inv_0 = 1.f / l_0, inv_1 = 1.f / l_1;
-  out += (bh * Tq) * D;
+  out += row_offset(os, bh, H, 0);
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) {
     const int c = dt * 8 + t * 2;
     if (row0 < Tq)
-      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row0) * D + c) =
-          pack2<T>(o[dt][0] * inv_0, o[dt][1] * inv_0);
+      *reinterpret_cast<uint32_t*>(out + row0 * os.time + c) = pack2<T>(o[dt][0] * inv_0, o[dt][1] * inv_0);
     if (row1 < Tq)
-      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row1) * D + c) =
-          pack2<T>(o[dt][2] * inv_1, o[dt][3] * inv_1);
+      *reinterpret_cast<uint32_t*>(out + row1 * os.time + c) = pack2<T>(o[dt][2] * inv_1, o[dt][3] * inv_1);
   }
-  if (t == 0) {  // lse in natural-log units: (m + log2 l) * ln 2
-    if (row0 < Tq) lse[bh * Tq + row0] = (m_0 + log2f(l_0)) * kLn2;
-    if (row1 < Tq) lse[bh * Tq + row1] = (m_1 + log2f(l_1)) * kLn2;
+  if (t == 0) {  // lse in natural-log units: (m + log2 l) * ln 2; lse is contiguous (B * H, Tq)
+    if (row0 < Tq) lse[static_cast<int64_t>(bh) * Tq + row0] = (m_0 + log2f(l_0)) * kLn2;
+    if (row1 < Tq) lse[static_cast<int64_t>(bh) * Tq + row1] = (m_1 + log2f(l_1)) * kLn2;
   }
 }
 
@@ -329,18 +339,19 @@ constexpr int kF32Warps = 8;
 
 template <int D>
 __global__ void __launch_bounds__(kF32Warps * 32)
-    flash_forward_fp32(const float* __restrict__ q, const float* __restrict__ k,
-                       const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse,
+    flash_forward_fp32(const float* __restrict__ q, const AttnStrides qs, const float* __restrict__ k,
+                       const AttnStrides ks, const float* __restrict__ v, const AttnStrides vs,
+                       float* __restrict__ out, const AttnStrides os, float* __restrict__ lse, int H,
                        int Tq, int Tk, float scale_log2) {
   constexpr int kPer = D / 32;
   __shared__ float sq[kF32Warps][D];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kF32Warps + warp;
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   if (row >= Tq) return;  // the whole warp leaves; no block-wide sync below
-  q += (bh * Tq + row) * D;
-  k += bh * Tk * D;
-  v += bh * Tk * D;
+  q += row_offset(qs, bh, H, row);
+  k += row_offset(ks, bh, H, 0);
+  v += row_offset(vs, bh, H, 0);
   for (int d = lane; d < D; d += 32) sq[warp][d] = q[d] * scale_log2;
   __syncwarp();
 
@@ -353,7 +364,7 @@ __global__ void __launch_bounds__(kF32Warps * 32)
     const int j = j0 + lane;  // each lane scores one key of this chunk of 32
     float s = -INFINITY;
     if (j <= last) {
-      const float* kr = k + static_cast<int64_t>(j) * D;
+      const float* kr = k + j * ks.time;
       s = 0.f;
 #pragma unroll 8
       for (int d = 0; d < D; ++d) s += sq[warp][d] * kr[d];
@@ -374,15 +385,15 @@ __global__ void __launch_bounds__(kF32Warps * 32)
     const int n = min(32, last - j0 + 1);
     for (int jj = 0; jj < n; ++jj) {
       const float pj = __shfl_sync(0xffffffff, p, jj);
-      const float* vr = v + static_cast<int64_t>(j0 + jj) * D;
+      const float* vr = v + (j0 + jj) * vs.time;
 #pragma unroll
       for (int c = 0; c < kPer; ++c) acc[c] += pj * vr[lane + 32 * c];
     }
   }
-  out += (bh * Tq + row) * D;
+  out += row_offset(os, bh, H, row);
 #pragma unroll
   for (int c = 0; c < kPer; ++c) out[lane + 32 * c] = acc[c] / l;
-  if (lane == 0) lse[bh * Tq + row] = (m + log2f(l)) * kLn2;
+  if (lane == 0) lse[static_cast<int64_t>(bh) * Tq + row] = (m + log2f(l)) * kLn2;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,15 +402,19 @@ __global__ void __launch_bounds__(kF32Warps * 32)
 constexpr int kBwdThreads = 256;
 constexpr int kBwdB = 32;  // queries per query tile and keys per key tile
 
-// delta_i = sum_d dO_id * O_id: one warp per row.
+// delta_i = sum_d dO_id * O_id: one warp per row of the B * H * Tq rows (delta is contiguous).
 template <typename T>
-__global__ void attention_bwd_delta(const T* __restrict__ dout, const T* __restrict__ out,
-                                    float* __restrict__ delta, int64_t rows, int D) {
+__global__ void attention_bwd_delta(const T* __restrict__ dout, const AttnStrides dos,
+                                    const T* __restrict__ out, const AttnStrides os,
+                                    float* __restrict__ delta, int64_t rows, int H, int Tq, int D) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
+  const int bh = static_cast<int>(row / Tq), i = static_cast<int>(row % Tq);
+  dout += row_offset(dos, bh, H, i);
+  out += row_offset(os, bh, H, i);
   float acc = 0.f;
-  for (int d = lane; d < D; d += 32) acc += to_float(dout[row * D + d]) * to_float(out[row * D + d]);
+  for (int d = lane; d < D; d += 32) acc += to_float(dout[d]) * to_float(out[d]);
 #pragma unroll
   for (int w = 16; w > 0; w /= 2) acc += __shfl_xor_sync(0xffffffff, acc, w);
   if (lane == 0) delta[row] = acc;
@@ -414,11 +429,12 @@ template <int D> struct BwdTiles {
   float lse[kBwdB], delta[kBwdB];
 };
 
+// Rows [0, kBwdB) of a tile whose row r starts at src + r * ld, as fp32; rows >= valid are zeros.
 template <typename T, int D>
-__device__ __forceinline__ void load_rows(float (*dst)[D + 1], const T* src, int valid) {
+__device__ __forceinline__ void load_rows(float (*dst)[D + 1], const T* src, int64_t ld, int valid) {
   for (int e = threadIdx.x; e < kBwdB * D; e += kBwdThreads) {
     const int r = e / D, d = e % D;
-    dst[r][d] = r < valid ? to_float(src[static_cast<int64_t>(r) * D + d]) : 0.f;
+    dst[r][d] = r < valid ? to_float(src[r * ld + d]) : 0.f;
   }
 }
 
@@ -459,22 +475,25 @@ __device__ __forceinline__ void compute_p_ds(BwdTiles<D>& s, int i0, int n0, int
 // One block per (key tile, batch*head): dV = sum_i P^T dO, dK = scale * sum_i dS^T Q.
 template <typename T, int D>
 __global__ void __launch_bounds__(kBwdThreads)
-    attention_bwd_dkdv(const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k,
-                       const T* __restrict__ v, const float* __restrict__ lse,
-                       const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
-                       int Tq, int Tk, float scale) {
+    attention_bwd_dkdv(const T* __restrict__ dout, const AttnStrides dos, const T* __restrict__ q,
+                       const AttnStrides qs, const T* __restrict__ k, const AttnStrides ks,
+                       const T* __restrict__ v, const AttnStrides vs, const float* __restrict__ lse,
+                       const float* __restrict__ delta, T* __restrict__ dk, const AttnStrides dks,
+                       T* __restrict__ dv, const AttnStrides dvs, int H, int Tq, int Tk, float scale) {
   constexpr int kPer = kBwdB * D / kBwdThreads;  // dK, dV entries per thread
   extern __shared__ __align__(128) unsigned char smem_raw[];
   BwdTiles<D>& s = *reinterpret_cast<BwdTiles<D>*>(smem_raw);
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   const int n0 = blockIdx.x * kBwdB;
   const int offset = Tk - Tq;
-  q += bh * Tq * D;
-  dout += bh * Tq * D;
-  lse += bh * Tq;
-  delta += bh * Tq;
-  load_rows<T, D>(s.k, k + (bh * Tk + n0) * D, min(kBwdB, Tk - n0));
-  load_rows<T, D>(s.v, v + (bh * Tk + n0) * D, min(kBwdB, Tk - n0));
+  q += row_offset(qs, bh, H, 0);
+  dout += row_offset(dos, bh, H, 0);
+  dk += row_offset(dks, bh, H, 0);
+  dv += row_offset(dvs, bh, H, 0);
+  lse += static_cast<int64_t>(bh) * Tq;
+  delta += static_cast<int64_t>(bh) * Tq;
+  load_rows<T, D>(s.k, k + row_offset(ks, bh, H, n0), ks.time, min(kBwdB, Tk - n0));
+  load_rows<T, D>(s.v, v + row_offset(vs, bh, H, n0), vs.time, min(kBwdB, Tk - n0));
 
   float acc_dk[kPer], acc_dv[kPer];
 #pragma unroll
@@ -484,8 +503,8 @@ __global__ void __launch_bounds__(kBwdThreads)
   for (int i0 = (first / kBwdB) * kBwdB; i0 < Tq; i0 += kBwdB) {
     __syncthreads();  // the previous tile's q, dout, p, ds are no longer read
     const int valid = min(kBwdB, Tq - i0);
-    load_rows<T, D>(s.q, q + static_cast<int64_t>(i0) * D, valid);
-    load_rows<T, D>(s.dout, dout + static_cast<int64_t>(i0) * D, valid);
+    load_rows<T, D>(s.q, q + i0 * qs.time, qs.time, valid);
+    load_rows<T, D>(s.dout, dout + i0 * dos.time, dos.time, valid);
     load_row_stats<D>(s, lse + i0, delta + i0, valid);
     __syncthreads();
     compute_p_ds<D>(s, i0, n0, Tq, Tk, scale);
@@ -506,9 +525,8 @@ __global__ void __launch_bounds__(kBwdThreads)
     const int e = threadIdx.x + r * kBwdThreads;
     const int j = e / D, d = e % D;
     if (n0 + j < Tk) {
-      const int64_t at = (bh * Tk + n0 + j) * D + d;
-      dk[at] = from_float<T>(acc_dk[r] * scale);
-      dv[at] = from_float<T>(acc_dv[r]);
+      dk[(n0 + j) * dks.time + d] = from_float<T>(acc_dk[r] * scale);
+      dv[(n0 + j) * dvs.time + d] = from_float<T>(acc_dv[r]);
     }
   }
 }
@@ -516,20 +534,24 @@ __global__ void __launch_bounds__(kBwdThreads)
 // One block per (query tile, batch*head): dQ = scale * sum_j dS K.
 template <typename T, int D>
 __global__ void __launch_bounds__(kBwdThreads)
-    attention_bwd_dq(const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k,
-                     const T* __restrict__ v, const float* __restrict__ lse,
-                     const float* __restrict__ delta, T* __restrict__ dq, int Tq, int Tk, float scale) {
+    attention_bwd_dq(const T* __restrict__ dout, const AttnStrides dos, const T* __restrict__ q,
+                     const AttnStrides qs, const T* __restrict__ k, const AttnStrides ks,
+                     const T* __restrict__ v, const AttnStrides vs, const float* __restrict__ lse,
+                     const float* __restrict__ delta, T* __restrict__ dq, const AttnStrides dqs, int H,
+                     int Tq, int Tk, float scale) {
   constexpr int kPer = kBwdB * D / kBwdThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   BwdTiles<D>& s = *reinterpret_cast<BwdTiles<D>*>(smem_raw);
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   const int i0 = blockIdx.x * kBwdB;
   const int valid = min(kBwdB, Tq - i0);
-  k += bh * Tk * D;
-  v += bh * Tk * D;
-  load_rows<T, D>(s.q, q + (bh * Tq + i0) * D, valid);
-  load_rows<T, D>(s.dout, dout + (bh * Tq + i0) * D, valid);
-  load_row_stats<D>(s, lse + bh * Tq + i0, delta + bh * Tq + i0, valid);
+  k += row_offset(ks, bh, H, 0);
+  v += row_offset(vs, bh, H, 0);
+  dq += row_offset(dqs, bh, H, 0);
+  const int64_t stats = static_cast<int64_t>(bh) * Tq + i0;  // lse and delta are contiguous
+  load_rows<T, D>(s.q, q + row_offset(qs, bh, H, i0), qs.time, valid);
+  load_rows<T, D>(s.dout, dout + row_offset(dos, bh, H, i0), dos.time, valid);
+  load_row_stats<D>(s, lse + stats, delta + stats, valid);
 
   float acc[kPer];
 #pragma unroll
@@ -537,8 +559,8 @@ __global__ void __launch_bounds__(kBwdThreads)
   const int kv_end = min(Tk, i0 + kBwdB + (Tk - Tq));  // tiles past the diagonal are skipped
   for (int n0 = 0; n0 < kv_end; n0 += kBwdB) {
     __syncthreads();
-    load_rows<T, D>(s.k, k + static_cast<int64_t>(n0) * D, min(kBwdB, Tk - n0));
-    load_rows<T, D>(s.v, v + static_cast<int64_t>(n0) * D, min(kBwdB, Tk - n0));
+    load_rows<T, D>(s.k, k + n0 * ks.time, ks.time, min(kBwdB, Tk - n0));
+    load_rows<T, D>(s.v, v + n0 * vs.time, vs.time, min(kBwdB, Tk - n0));
     __syncthreads();
     compute_p_ds<D>(s, i0, n0, Tq, Tk, scale);
     __syncthreads();
@@ -554,7 +576,7 @@ __global__ void __launch_bounds__(kBwdThreads)
   for (int r = 0; r < kPer; ++r) {
     const int e = threadIdx.x + r * kBwdThreads;
     const int i = e / D, d = e % D;
-    if (i < valid) dq[(bh * Tq + i0 + i) * D + d] = from_float<T>(acc[r] * scale);
+    if (i < valid) dq[(i0 + i) * dqs.time + d] = from_float<T>(acc[r] * scale);
   }
 }
 
@@ -581,14 +603,15 @@ template <typename T, int D> struct TcBwdTiles {
   float lse[kTcB], delta[kTcB];
 };
 
-// Rows [0, kTcB) of a (T, D) tile into shared memory, 16 bytes at a time; rows >= valid are zeros.
+// Rows [0, kTcB) of a tile whose row r starts at src + r * ld into shared memory, 16 bytes at a
+// time (row starts are 16-byte aligned, attention.h); rows >= valid are zeros.
 template <typename T, int D>
-__device__ __forceinline__ void tc_load_rows(T (*dst)[D + 8], const T* src, int valid) {
+__device__ __forceinline__ void tc_load_rows(T (*dst)[D + 8], const T* src, int64_t ld, int valid) {
   constexpr int kChunks = D / 8;
   for (int c = threadIdx.x; c < kTcB * kChunks; c += kTcBwdThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     uint4 value = make_uint4(0, 0, 0, 0);
-    if (r < valid) value = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r) * D + col);
+    if (r < valid) value = *reinterpret_cast<const uint4*>(src + r * ld + col);
     *reinterpret_cast<uint4*>(&dst[r][col]) = value;
   }
 }
@@ -634,10 +657,11 @@ __device__ __forceinline__ void tc_accumulate(FragC (&acc)[D / 16], const T* a, 
   }
 }
 
-// Writes a warp's 16 x D accumulator rows to global rows row0.. (< n_rows), times `factor`.
+// Writes a warp's 16 x D accumulator rows to global rows row0.. (< n_rows; row r starts at
+// dst + r * ld), times `factor`.
 template <typename T, int D>
-__device__ __forceinline__ void tc_store_rows(T* dst, FragC (&acc)[D / 16], float* scratch, int row0,
-                                              int n_rows, float factor) {
+__device__ __forceinline__ void tc_store_rows(T* dst, int64_t ld, FragC (&acc)[D / 16], float* scratch,
+                                              int row0, int n_rows, float factor) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int dt = 0; dt < D / 16; ++dt) {
@@ -646,7 +670,7 @@ __device__ __forceinline__ void tc_store_rows(T* dst, FragC (&acc)[D / 16], floa
     for (int e = lane; e < 16 * 16; e += 32) {
       const int r = e / 16, c = e % 16;
       if (row0 + r < n_rows)
-        dst[static_cast<int64_t>(row0 + r) * D + dt * 16 + c] = from_float<T>(scratch[r * kScratchLd + c] * factor);
+        dst[(row0 + r) * ld + dt * 16 + c] = from_float<T>(scratch[r * kScratchLd + c] * factor);
     }
     __syncwarp();
   }
@@ -656,22 +680,23 @@ __device__ __forceinline__ void tc_store_rows(T* dst, FragC (&acc)[D / 16], floa
 // S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO and dK += dS^T Q.
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcBwdThreads)
-    attention_bwd_dkdv_tc(const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k,
-                          const T* __restrict__ v, const float* __restrict__ lse,
-                          const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
-                          int Tq, int Tk, float scale) {
+    attention_bwd_dkdv_tc(const T* __restrict__ dout, const AttnStrides dos, const T* __restrict__ q,
+                          const AttnStrides qs, const T* __restrict__ k, const AttnStrides ks,
+                          const T* __restrict__ v, const AttnStrides vs, const float* __restrict__ lse,
+                          const float* __restrict__ delta, T* __restrict__ dk, const AttnStrides dks,
+                          T* __restrict__ dv, const AttnStrides dvs, int H, int Tq, int Tk, float scale) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   TcBwdTiles<T, D>& s = *reinterpret_cast<TcBwdTiles<T, D>*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   const int n0 = blockIdx.x * kTcB;
   const int offset = Tk - Tq;
-  q += bh * Tq * D;
-  dout += bh * Tq * D;
-  lse += bh * Tq;
-  delta += bh * Tq;
-  tc_load_rows<T, D>(s.k, k + (bh * Tk + n0) * D, min(kTcB, Tk - n0));
-  tc_load_rows<T, D>(s.v, v + (bh * Tk + n0) * D, min(kTcB, Tk - n0));
+  q += row_offset(qs, bh, H, 0);
+  dout += row_offset(dos, bh, H, 0);
+  lse += static_cast<int64_t>(bh) * Tq;
+  delta += static_cast<int64_t>(bh) * Tq;
+  tc_load_rows<T, D>(s.k, k + row_offset(ks, bh, H, n0), ks.time, min(kTcB, Tk - n0));
+  tc_load_rows<T, D>(s.v, v + row_offset(vs, bh, H, n0), vs.time, min(kTcB, Tk - n0));
 
   FragC acc_dk[D / 16], acc_dv[D / 16];
 #pragma unroll
@@ -683,8 +708,8 @@ __global__ void __launch_bounds__(kTcBwdThreads)
   for (int i0 = (first / kTcB) * kTcB; i0 < Tq; i0 += kTcB) {
     __syncthreads();  // the previous query tile is no longer read
     const int valid = min(kTcB, Tq - i0);
-    tc_load_rows<T, D>(s.q, q + static_cast<int64_t>(i0) * D, valid);
-    tc_load_rows<T, D>(s.dout, dout + static_cast<int64_t>(i0) * D, valid);
+    tc_load_rows<T, D>(s.q, q + i0 * qs.time, qs.time, valid);
+    tc_load_rows<T, D>(s.dout, dout + i0 * dos.time, dos.time, valid);
     for (int r = threadIdx.x; r < kTcB; r += kTcBwdThreads) {
       s.lse[r] = r < valid ? lse[i0 + r] : 0.f;
       s.delta[r] = r < valid ? delta[i0 + r] : 0.f;
@@ -709,31 +734,34 @@ __global__ void __launch_bounds__(kTcBwdThreads)
     tc_accumulate<T, D>(acc_dk, &s.ds[warp][0][0], s.q);    // dK += dS^T Q
   }
   const int row0 = n0 + warp * 16;
-  tc_store_rows<T, D>(dk + bh * Tk * D, acc_dk, &s.s[warp][0][0], row0, Tk, scale);
-  tc_store_rows<T, D>(dv + bh * Tk * D, acc_dv, &s.s[warp][0][0], row0, Tk, 1.f);
+  tc_store_rows<T, D>(dk + row_offset(dks, bh, H, 0), dks.time, acc_dk, &s.s[warp][0][0], row0, Tk, scale);
+  tc_store_rows<T, D>(dv + row_offset(dvs, bh, H, 0), dvs.time, acc_dv, &s.s[warp][0][0], row0, Tk, 1.f);
 }
 
 // One block per (query tile, batch*head); warp w owns queries i0 + 16w ... + 15.
 // S = Q K^T and dP = dO V^T, then dQ += dS K.
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcBwdThreads)
-    attention_bwd_dq_tc(const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k,
-                        const T* __restrict__ v, const float* __restrict__ lse,
-                        const float* __restrict__ delta, T* __restrict__ dq, int Tq, int Tk, float scale) {
+    attention_bwd_dq_tc(const T* __restrict__ dout, const AttnStrides dos, const T* __restrict__ q,
+                        const AttnStrides qs, const T* __restrict__ k, const AttnStrides ks,
+                        const T* __restrict__ v, const AttnStrides vs, const float* __restrict__ lse,
+                        const float* __restrict__ delta, T* __restrict__ dq, const AttnStrides dqs, int H,
+                        int Tq, int Tk, float scale) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   TcBwdTiles<T, D>& s = *reinterpret_cast<TcBwdTiles<T, D>*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t bh = blockIdx.y;
+  const int bh = blockIdx.y;
   const int i0 = blockIdx.x * kTcB;
   const int valid = min(kTcB, Tq - i0);
   const int offset = Tk - Tq;
-  k += bh * Tk * D;
-  v += bh * Tk * D;
-  tc_load_rows<T, D>(s.q, q + (bh * Tq + i0) * D, valid);
-  tc_load_rows<T, D>(s.dout, dout + (bh * Tq + i0) * D, valid);
+  k += row_offset(ks, bh, H, 0);
+  v += row_offset(vs, bh, H, 0);
+  tc_load_rows<T, D>(s.q, q + row_offset(qs, bh, H, i0), qs.time, valid);
+  tc_load_rows<T, D>(s.dout, dout + row_offset(dos, bh, H, i0), dos.time, valid);
+  const int64_t stats = static_cast<int64_t>(bh) * Tq + i0;  // lse and delta are contiguous
   for (int r = threadIdx.x; r < kTcB; r += kTcBwdThreads) {
-    s.lse[r] = r < valid ? lse[bh * Tq + i0 + r] : 0.f;
-    s.delta[r] = r < valid ? delta[bh * Tq + i0 + r] : 0.f;
+    s.lse[r] = r < valid ? lse[stats + r] : 0.f;
+    s.delta[r] = r < valid ? delta[stats + r] : 0.f;
   }
 
   FragC acc[D / 16];
@@ -742,8 +770,8 @@ __global__ void __launch_bounds__(kTcBwdThreads)
   const int kv_end = min(Tk, i0 + kTcB + offset);  // key tiles past the diagonal are skipped
   for (int n0 = 0; n0 < kv_end; n0 += kTcB) {
     __syncthreads();
-    tc_load_rows<T, D>(s.k, k + static_cast<int64_t>(n0) * D, min(kTcB, Tk - n0));
-    tc_load_rows<T, D>(s.v, v + static_cast<int64_t>(n0) * D, min(kTcB, Tk - n0));
+    tc_load_rows<T, D>(s.k, k + n0 * ks.time, ks.time, min(kTcB, Tk - n0));
+    tc_load_rows<T, D>(s.v, v + n0 * vs.time, vs.time, min(kTcB, Tk - n0));
     __syncthreads();
     tc_rows_times_rows_t<T, D>(&s.s[warp][0][0], &s.q[warp * 16], s.k);      // S (16 queries x 64 keys)
     tc_rows_times_rows_t<T, D>(&s.dp[warp][0][0], &s.dout[warp * 16], s.v);  // dP
@@ -761,7 +789,8 @@ __global__ void __launch_bounds__(kTcBwdThreads)
     __syncwarp();
     tc_accumulate<T, D>(acc, &s.ds[warp][0][0], s.k);  // dQ += dS K
   }
-  tc_store_rows<T, D>(dq + bh * Tq * D, acc, &s.s[warp][0][0], i0 + warp * 16, Tq, scale);
+  tc_store_rows<T, D>(dq + row_offset(dqs, bh, H, 0), dqs.time, acc, &s.s[warp][0][0], i0 + warp * 16, Tq,
+                      scale);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,14 +799,15 @@ __global__ void __launch_bounds__(kTcBwdThreads)
 constexpr int64_t kMaxGridY = 65535;
 
 template <typename T, int D>
-cudaError_t launch_forward(const void* q, const void* k, const void* v, void* out, float* lse,
-                           int64_t BH, int Tq, int Tk, float scale, cudaStream_t stream) {
+cudaError_t launch_forward(const void* q, AttnStrides qs, const void* k, AttnStrides ks, const void* v,
+                           AttnStrides vs, void* out, AttnStrides os, float* lse, int BH, int H, int Tq,
+                           int Tk, float scale, cudaStream_t stream) {
   const float scale_log2 = scale * kLog2e;
   if constexpr (sizeof(T) == 4) {
     dim3 grid((Tq + kF32Warps - 1) / kF32Warps, static_cast<unsigned>(BH));
     flash_forward_fp32<D><<<grid, kF32Warps * 32, 0, stream>>>(
-        static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-        static_cast<float*>(out), lse, Tq, Tk, scale_log2);
+        static_cast<const float*>(q), qs, static_cast<const float*>(k), ks, static_cast<const float*>(v), vs,
+        static_cast<float*>(out), os, lse, H, Tq, Tk, scale_log2);
   } else {
     constexpr size_t smem = fwd_tc_smem_bytes<D>();
     cudaError_t err = cudaFuncSetAttribute(flash_forward_tc<T, D>,
@@ -785,25 +815,30 @@ cudaError_t launch_forward(const void* q, const void* k, const void* v, void* ou
     if (err != cudaSuccess) return err;
     dim3 grid((Tq + kFwdBM - 1) / kFwdBM, static_cast<unsigned>(BH));
     flash_forward_tc<T, D><<<grid, kFwdThreads, smem, stream>>>(
-        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<T*>(out), lse, Tq, Tk, scale_log2);
+        static_cast<const T*>(q), qs, static_cast<const T*>(k), ks, static_cast<const T*>(v), vs,
+        static_cast<T*>(out), os, lse, H, Tq, Tk, scale_log2);
   }
   return cudaGetLastError();
 }
 
 template <typename T, int D>
-cudaError_t launch_backward(const void* dout, const void* q, const void* k, const void* v,
-                            const void* out, const float* lse, float* delta, void* dq, void* dk,
-                            void* dv, int64_t BH, int Tq, int Tk, float scale, cudaStream_t stream) {
+cudaError_t launch_backward(const void* dout, AttnStrides dos, const void* q, AttnStrides qs, const void* k,
+                            AttnStrides ks, const void* v, AttnStrides vs, const void* out, AttnStrides os,
+                            const float* lse, float* delta, void* dq, AttnStrides dqs, void* dk,
+                            AttnStrides dks, void* dv, AttnStrides dvs, int BH, int H, int Tq, int Tk,
+                            float scale, cudaStream_t stream) {
   const T* dout_ = static_cast<const T*>(dout);
   const T* q_ = static_cast<const T*>(q);
   const T* k_ = static_cast<const T*>(k);
   const T* v_ = static_cast<const T*>(v);
-  const int64_t rows = BH * Tq;
+  T* dq_ = static_cast<T*>(dq);
+  T* dk_ = static_cast<T*>(dk);
+  T* dv_ = static_cast<T*>(dv);
+  const int64_t rows = static_cast<int64_t>(BH) * Tq;
   constexpr int kWarpsPerBlock = 8;
   attention_bwd_delta<T><<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                           kWarpsPerBlock * 32, 0, stream>>>(dout_, static_cast<const T*>(out), delta,
-                                                             rows, D);
+                           kWarpsPerBlock * 32, 0, stream>>>(dout_, dos, static_cast<const T*>(out), os,
+                                                             delta, rows, H, Tq, D);
   if constexpr (sizeof(T) == 2) {  // fp16 / bf16: tensor cores
     constexpr size_t smem = sizeof(TcBwdTiles<T, D>);
     cudaError_t err = cudaFuncSetAttribute(attention_bwd_dkdv_tc<T, D>,
@@ -813,10 +848,10 @@ cudaError_t launch_backward(const void* dout, const void* q, const void* k, cons
     if (err != cudaSuccess) return err;
     dim3 grid_kv((Tk + kTcB - 1) / kTcB, static_cast<unsigned>(BH));
     attention_bwd_dkdv_tc<T, D><<<grid_kv, kTcBwdThreads, smem, stream>>>(
-        dout_, q_, k_, v_, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), Tq, Tk, scale);
+        dout_, dos, q_, qs, k_, ks, v_, vs, lse, delta, dk_, dks, dv_, dvs, H, Tq, Tk, scale);
     dim3 grid_q((Tq + kTcB - 1) / kTcB, static_cast<unsigned>(BH));
     attention_bwd_dq_tc<T, D><<<grid_q, kTcBwdThreads, smem, stream>>>(
-        dout_, q_, k_, v_, lse, delta, static_cast<T*>(dq), Tq, Tk, scale);
+        dout_, dos, q_, qs, k_, ks, v_, vs, lse, delta, dq_, dqs, H, Tq, Tk, scale);
   } else {  // fp32: CUDA cores
     constexpr size_t smem = sizeof(BwdTiles<D>);
     cudaError_t err =
@@ -826,16 +861,18 @@ cudaError_t launch_backward(const void* dout, const void* q, const void* k, cons
     if (err != cudaSuccess) return err;
     dim3 grid_kv((Tk + kBwdB - 1) / kBwdB, static_cast<unsigned>(BH));
     attention_bwd_dkdv<T, D><<<grid_kv, kBwdThreads, smem, stream>>>(
-        dout_, q_, k_, v_, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), Tq, Tk, scale);
+        dout_, dos, q_, qs, k_, ks, v_, vs, lse, delta, dk_, dks, dv_, dvs, H, Tq, Tk, scale);
     dim3 grid_q((Tq + kBwdB - 1) / kBwdB, static_cast<unsigned>(BH));
-    attention_bwd_dq<T, D><<<grid_q, kBwdThreads, smem, stream>>>(dout_, q_, k_, v_, lse, delta,
-                                                                  static_cast<T*>(dq), Tq, Tk, scale);
+    attention_bwd_dq<T, D><<<grid_q, kBwdThreads, smem, stream>>>(
+        dout_, dos, q_, qs, k_, ks, v_, vs, lse, delta, dq_, dqs, H, Tq, Tk, scale);
   }
   return cudaGetLastError();
 }
 
-bool valid_problem(int64_t BH, int Tq, int Tk, int D) {
-  return BH >= 1 && BH <= kMaxGridY && Tq >= 1 && Tq <= Tk && attention_head_dim_supported(D);
+// B * H goes on gridDim.y (at most 65535); each block splits its index into b = bh / H, h = bh % H.
+bool valid_problem(int64_t B, int64_t H, int Tq, int Tk, int D) {
+  return B >= 1 && H >= 1 && B <= kMaxGridY && H <= kMaxGridY && B * H <= kMaxGridY && Tq >= 1 && Tq <= Tk &&
+         attention_head_dim_supported(D);
 }
 
 }  // namespace
@@ -869,22 +906,31 @@ bool attention_head_dim_supported(int D) { return D == 32 || D == 64 || D == 128
   }                                                                                 \
   return cudaErrorInvalidValue;
 
-cudaError_t attention_forward(AttnDType dtype, const void* q, const void* k, const void* v, void* out,
-                              float* lse, int64_t BH, int Tq, int Tk, int D, float scale,
-                              cudaStream_t stream) {
-  if (!valid_problem(BH, Tq, Tk, D)) return cudaErrorInvalidValue;
-#define LAUNCH(HD) launch_forward<T, HD>(q, k, v, out, lse, BH, Tq, Tk, scale, stream)
+cudaError_t attention_forward(AttnDType dtype, const void* q, AttnStrides q_strides, const void* k,
+                              AttnStrides k_strides, const void* v, AttnStrides v_strides, void* out,
+                              AttnStrides out_strides, float* lse, int64_t B, int64_t H, int Tq, int Tk,
+                              int D, float scale, cudaStream_t stream) {
+  if (!valid_problem(B, H, Tq, Tk, D)) return cudaErrorInvalidValue;
+  const int BH = static_cast<int>(B * H), H_ = static_cast<int>(H);
+#define LAUNCH(HD)                                                                                       \
+  launch_forward<T, HD>(q, q_strides, k, k_strides, v, v_strides, out, out_strides, lse, BH, H_, Tq, Tk, \
+                        scale, stream)
   TOYKERNELS_DISPATCH(dtype, D, LAUNCH)
 #undef LAUNCH
 }
 
-cudaError_t attention_backward(AttnDType dtype, const void* dout, const void* q, const void* k,
-                               const void* v, const void* out, const float* lse, float* delta,
-                               void* dq, void* dk, void* dv, int64_t BH, int Tq, int Tk, int D,
-                               float scale, cudaStream_t stream) {
-  if (!valid_problem(BH, Tq, Tk, D)) return cudaErrorInvalidValue;
-#define LAUNCH(HD) \
-  launch_backward<T, HD>(dout, q, k, v, out, lse, delta, dq, dk, dv, BH, Tq, Tk, scale, stream)
+cudaError_t attention_backward(AttnDType dtype, const void* dout, AttnStrides dout_strides, const void* q,
+                               AttnStrides q_strides, const void* k, AttnStrides k_strides, const void* v,
+                               AttnStrides v_strides, const void* out, AttnStrides out_strides,
+                               const float* lse, float* delta, void* dq, AttnStrides dq_strides, void* dk,
+                               AttnStrides dk_strides, void* dv, AttnStrides dv_strides, int64_t B,
+                               int64_t H, int Tq, int Tk, int D, float scale, cudaStream_t stream) {
+  if (!valid_problem(B, H, Tq, Tk, D)) return cudaErrorInvalidValue;
+  const int BH = static_cast<int>(B * H), H_ = static_cast<int>(H);
+#define LAUNCH(HD)                                                                                     \
+  launch_backward<T, HD>(dout, dout_strides, q, q_strides, k, k_strides, v, v_strides, out, out_strides, \
+                         lse, delta, dq, dq_strides, dk, dk_strides, dv, dv_strides, BH, H_, Tq, Tk, scale, \
+                         stream)
   TOYKERNELS_DISPATCH(dtype, D, LAUNCH)
 #undef LAUNCH
 }

@@ -1,6 +1,9 @@
 // Torch binding of the causal-attention launchers (attention.h): checks every tensor (device,
-// dtype, shape, contiguity) with a message naming the argument, allocates the outputs, and
-// calls the launchers on the current CUDA stream. attention.py has made the inputs contiguous.
+// dtype, shape) with a message naming the argument, allocates the outputs, and calls the
+// launchers on the current CUDA stream. Inputs may be strided views (attention.py passes them
+// as they are): the kernels take each tensor's B, H and T strides, and only a tensor they
+// cannot address in place (D stride != 1, or a row start that is not 16-byte aligned) is
+// copied to a contiguous one here.
 
 #include <torch/extension.h>
 
@@ -28,13 +31,27 @@ AttnDType dtype_of(const at::Tensor& t) {
   return AttnDType::Float32;  // unreachable
 }
 
-// A (B, H, T, D) CUDA tensor, contiguous, on q's device with q's dtype (q itself: ref == nullptr).
-// The kernels read 16-byte chunks: a tensor whose data is not 16-byte aligned is copied.
+// True when the kernels can address t (B, H, T, D) in place: unit stride along D, and every row
+// start 16-byte aligned (the kernels move rows in 16-byte chunks): the data pointer and the
+// B, H and T strides in bytes are multiples of 16. A dimension of size 1 is never stepped
+// along, so its stride does not matter.
+bool kernel_addressable(const at::Tensor& t) {
+  if (t.stride(3) != 1 && t.size(3) > 1) return false;
+  if (reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int d = 0; d < 3; ++d) {
+    if (t.size(d) > 1 && (t.stride(d) * static_cast<int64_t>(t.element_size())) % 16 != 0) return false;
+  }
+  return true;
+}
+
+toykernels::AttnStrides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+// A (B, H, T, D) CUDA tensor on q's device with q's dtype (q itself: ref == nullptr), as it is
+// when the kernels can address it in place, else a contiguous copy.
 at::Tensor checked(const at::Tensor& t, const char* name, const at::Tensor* ref) {
   CHECK_ARG(t.defined(), name, "is undefined");
   CHECK_ARG(t.is_cuda(), name, "must be a CUDA tensor, got one on ", t.device());
   CHECK_ARG(t.dim() == 4, name, "must have shape (B, H, T, D), got ", t.sizes());
-  CHECK_ARG(t.is_contiguous(), name, "must be contiguous");
   if (ref != nullptr) {
     CHECK_ARG(t.device() == ref->device(), name, "is on ", t.device(), " but q is on ", ref->device());
     CHECK_ARG(t.scalar_type() == ref->scalar_type(), name, "has dtype ", t.scalar_type(), " but q has ",
@@ -42,12 +59,24 @@ at::Tensor checked(const at::Tensor& t, const char* name, const at::Tensor* ref)
     CHECK_ARG(t.size(0) == ref->size(0) && t.size(1) == ref->size(1) && t.size(3) == ref->size(3), name,
               "has shape ", t.sizes(), " but q has ", ref->sizes(), " (B, H and D must agree)");
   }
-  if (reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 != 0) return t.clone();
+  if (!kernel_addressable(t)) return t.clone(at::MemoryFormat::Contiguous);
   return t;
 }
 
+// An output like `like` (an input as the caller passed it): at::empty_like follows the memory
+// order of like's strides (q transposed out of a fused (B, T, 3 * H * D) or (B, T, H * D)
+// projection gives an output laid out as (B, T, H, D), which the model's transpose back to
+// (B, T, C) then views without a copy), and is contiguous for an overlapping input. Where
+// that layout has D stride != 1 the kernels cannot write it: contiguous instead. The fake
+// registrations in attention.py (_empty_output) apply the same rule, so both agree on strides.
+at::Tensor empty_output(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like);
+  if (!kernel_addressable(out)) out = at::empty(like.sizes(), like.options(), at::MemoryFormat::Contiguous);
+  return out;
+}
+
 struct Problem {
-  int64_t BH;
+  int64_t B, H;
   int Tq, Tk, D;
 };
 
@@ -58,9 +87,9 @@ Problem check_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   CHECK_ARG(Tk <= std::numeric_limits<int>::max(), "k", "is too long: ", Tk);
   CHECK_ARG(toykernels::attention_head_dim_supported(static_cast<int>(D)), "q", "has head dim ", D,
             "; the kernel supports 32, 64 and 128");
-  const int64_t BH = q.size(0) * q.size(1);
+  const int64_t B = q.size(0), H = q.size(1), BH = B * H;
   CHECK_ARG(BH >= 1 && BH <= 65535, "q", "has B * H = ", BH, "; the kernel supports 1 to 65535");
-  return {BH, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(D)};
+  return {B, H, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(D)};
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -74,10 +103,11 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q_in, const at::Tens
   const at::Tensor v = checked(v_in, "v", &q);
   const Problem p = check_problem(q, k, v);
   const c10::cuda::CUDAGuard guard(q.device());
-  at::Tensor out = at::empty_like(q);
+  at::Tensor out = empty_output(q_in);
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  check_launch(toykernels::attention_forward(dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                                             out.data_ptr(), lse.data_ptr<float>(), p.BH, p.Tq, p.Tk,
+  check_launch(toykernels::attention_forward(dtype_of(q), q.data_ptr(), strides_of(q), k.data_ptr(),
+                                             strides_of(k), v.data_ptr(), strides_of(v), out.data_ptr(),
+                                             strides_of(out), lse.data_ptr<float>(), p.B, p.H, p.Tq, p.Tk,
                                              p.D, static_cast<float>(scale),
                                              at::cuda::getCurrentCUDAStream()),
                "attention_forward");
@@ -105,13 +135,14 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout_in, const at::
             lse_in.sizes());
   const at::Tensor lse = lse_in.contiguous();
   const c10::cuda::CUDAGuard guard(q.device());
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor delta = at::empty_like(lse);  // rowsum(dout * out), fp32 scratch
+  at::Tensor dq = empty_output(q_in), dk = empty_output(k_in), dv = empty_output(v_in);
+  at::Tensor delta = at::empty_like(lse);  // rowsum(dout * out), fp32 scratch (contiguous, like lse)
   check_launch(toykernels::attention_backward(
-                   dtype_of(q), dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                   lse.data_ptr<float>(), delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(),
-                   dv.data_ptr(), p.BH, p.Tq, p.Tk, p.D, static_cast<float>(scale),
-                   at::cuda::getCurrentCUDAStream()),
+                   dtype_of(q), dout.data_ptr(), strides_of(dout), q.data_ptr(), strides_of(q),
+                   k.data_ptr(), strides_of(k), v.data_ptr(), strides_of(v), out.data_ptr(), strides_of(out),
+                   lse.data_ptr<float>(), delta.data_ptr<float>(), dq.data_ptr(), strides_of(dq),
+                   dk.data_ptr(), strides_of(dk), dv.data_ptr(), strides_of(dv), p.B, p.H, p.Tq, p.Tk, p.D,
+                   static_cast<float>(scale), at::cuda::getCurrentCUDAStream()),
                "attention_backward");
   return {dq, dk, dv};
 }
