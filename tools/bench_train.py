@@ -9,7 +9,9 @@ Four modes, one per question issue 6 asks:
    gradients of the two are checked to agree before anything is timed. Rounds of --steps steps
    alternate between the two (in alternating order), so a load that comes and goes on a shared
    machine hits both alike; reported are the median step times and the median of the per-round
-   ratios toygpt / plain (goal <= 1.0).
+   ratios toygpt / plain (goal <= 1.0). Each model steps with its own configure_optimizers:
+   toygpt's AdamW is fused on CPU too, the plain model's (nanoGPT's) only on CUDA; a third row,
+   toygpt's model with the plain model's AdamW, shows the model's own share.
 
 2. CPU quality (`--quality`): Tiny Shakespeare through `toygpt prepare --tokenizer char` and
    toygpt's `train()`, two runs:
