@@ -63,29 +63,26 @@ def _kernel_addressable(t: torch.Tensor) -> bool:
     return all(t.shape[d] <= 1 or t.stride(d) * t.element_size() % 16 == 0 for d in range(3))
 
 
-def _kernel_output(like: torch.Tensor) -> torch.Tensor:
-    """The output the CUDA binding allocates for an input `like` (empty_output there):
-    torch.empty_like, which follows like's memory order (q transposed out of a fused QKV
-    projection gives an output laid out (B, T, H, D)), or contiguous where the kernels could not
-    write that layout."""
-    out = torch.empty_like(like)
-    if not _kernel_addressable(out):
-        out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    return out
-
-
 def _empty_output(like: torch.Tensor) -> torch.Tensor:
-    """An output (out, dq, dk or dv) for input `like` with the strides the raw functions return:
-    on CUDA the kernel's layout (_kernel_output; the torch fallback is copied into it), elsewhere
-    contiguous (the CPU paths). The fake registrations use it, so fake and real strides agree."""
-    if like.device.type != "cuda":
-        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    return _kernel_output(like)
+    """An output (out, dq, dk or dv) for input `like` with the strides the raw functions return.
+
+    On CUDA the layout the binding allocates (empty_output there): torch.empty_like, which
+    follows like's memory order (q transposed out of a fused QKV projection gives an output laid
+    out (B, T, H, D)), or contiguous where the kernels could not write that layout; the torch
+    fallback's result is copied into it. Elsewhere contiguous (the CPU paths). The fake
+    registrations use it, so fake and real strides agree."""
+    if like.device.type == "cuda":
+        out = torch.empty_like(like)
+        if _kernel_addressable(out):
+            return out
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
 
 def _as_output(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A torch-path result (contiguous) with the strides of _empty_output(like): a copy only on
-    CUDA, for an input the kernel could not run and whose layout is not contiguous."""
+    """A torch-path result with the strides of _empty_output(like): contiguous off CUDA; on
+    CUDA a copy only for an input the kernel could not run and whose layout is not contiguous."""
+    if like.device.type != "cuda":
+        return t.contiguous()
     want = _empty_output(like)
     if all(n <= 1 or a == b for n, a, b in zip(t.shape, t.stride(), want.stride())):
         return t
