@@ -19,6 +19,8 @@ Four modes, one per question issue 6 asks:
      4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 iterations, lr 1e-3 decayed to 1e-4
      over 2000 after 100 warmup steps, beta2 0.99, weight decay 0.1, no biases, dropout 0,
      eval_iters 20): val loss at the end (goal <= 1.88, nanoGPT's figure) and the wall time;
+     --more-seeds repeats it with other seeds and reports the mean and spread (one seed's figure
+     moves by about 0.01 from seed to seed, as much as the goal's margin);
    - the `mygpt-char` preset stopped at iteration 1500: the train loss there, as an evaluation over
      --eval-batches batches (goal <= 1.60; MyGPT reported 1.516).
      NOTE: MyGPT's 1.516 (mygpt.ipynb, "iteration: 1500 | loss: 1.516") was measured on its
@@ -39,6 +41,7 @@ depend on what else the machine runs, are printed only (or appended to --csv PAT
 
     python tools/bench_train.py                          # CPU step time, toygpt vs plain
     python tools/bench_train.py --quality                # CPU quality runs (minutes)
+    python tools/bench_train.py --quality --more-seeds 1 2 3 4 5 6 7 8  # the recipe over 9 seeds
     python tools/bench_train.py --device cuda            # GPT-2 124M tokens/s and MFU
     python tools/bench_train.py --device cuda --quality  # shakespeare-char on a GPU
     python tools/bench_train.py --quality --smoke        # a quick test of this script
@@ -432,18 +435,29 @@ def bench_quality(args, meta: dict) -> list[dict]:
                                     tr, va, wall, f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", met))
             return rows
 
-        # nanoGPT's CPU recipe
+        # nanoGPT's CPU recipe, once per seed
         recipe = {**NANOGPT_CPU, "max_iters": 20, "eval_interval": 10} if args.smoke else NANOGPT_CPU
-        result, wall, tr, va = quality_run("nanogpt-cpu", data_dir, runs, "shakespeare-char",
-                                           {**recipe, "seed": args.seed}, args.eval_batches, args.device)
-        recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
-        met = va <= NANOGPT_CPU_VAL_GOAL
-        print(f"nanoGPT CPU recipe: val loss {va:.4f} over {args.eval_batches} batches "
-              f"({recipe_val:.4f} over the recipe's {NANOGPT_CPU['eval_iters']}), train loss {tr:.4f}; "
-              f"goal <= {NANOGPT_CPU_VAL_GOAL}: {'met' if met else 'missed'}; wall time {wall:.0f} s "
-              f"for {len(result['losses'])} iterations", flush=True)
-        rows.append(quality_row(meta, "nanogpt-cpu-recipe-quality", "L4 H4 C128 T64 B12 bias=False dropout=0",
-                                result, tr, va, wall, f"val <= {NANOGPT_CPU_VAL_GOAL}", met))
+        vals, recipe_vals = [], []
+        for seed in [args.seed, *args.more_seeds]:
+            result, wall, tr, va = quality_run(f"nanogpt-cpu-{seed}", data_dir, runs, "shakespeare-char",
+                                               {**recipe, "seed": seed}, args.eval_batches, args.device)
+            recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
+            vals.append(va)
+            recipe_vals.append(recipe_val)
+            met = va <= NANOGPT_CPU_VAL_GOAL
+            print(f"nanoGPT CPU recipe, seed {seed}: val loss {va:.4f} over {args.eval_batches} batches "
+                  f"({recipe_val:.4f} over the recipe's {NANOGPT_CPU['eval_iters']}), train loss {tr:.4f}; "
+                  f"goal <= {NANOGPT_CPU_VAL_GOAL}: {'met' if met else 'missed'}; wall time {wall:.0f} s "
+                  f"for {len(result['losses'])} iterations", flush=True)
+            rows.append(quality_row(meta, "nanogpt-cpu-recipe-quality",
+                                    f"L4 H4 C128 T64 B12 bias=False dropout=0 seed={seed}", result, tr, va, wall,
+                                    f"val <= {NANOGPT_CPU_VAL_GOAL}", met))
+        if len(vals) > 1:
+            print(f"nanoGPT CPU recipe over {len(vals)} seeds: val loss over {args.eval_batches} batches: mean "
+                  f"{statistics.mean(vals):.4f}, sd {statistics.stdev(vals):.4f}, {min(vals):.4f} to "
+                  f"{max(vals):.4f}; the recipe's own {NANOGPT_CPU['eval_iters']}-batch estimates: mean "
+                  f"{statistics.mean(recipe_vals):.4f}, {min(recipe_vals):.4f} to {max(recipe_vals):.4f}",
+                  flush=True)
 
         # the MyGPT seed, stopped at iteration 1500 (its schedule is constant, so stopping early
         # trains exactly the first 1500 steps of the full run)
@@ -456,7 +470,7 @@ def bench_quality(args, meta: dict) -> list[dict]:
         print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
               f"batches (goal <= {MYGPT_TRAIN_GOAL}: {'met' if met else 'missed'}; MyGPT reported "
               f"1.516), val loss {va:.4f}; wall time {wall:.0f} s", flush=True)
-        rows.append(quality_row(meta, "mygpt-char-quality", "preset mygpt-char (L4 H8 C128 T64 B16)", result,
+        rows.append(quality_row(meta, "mygpt-char-quality", f"preset mygpt-char (L4 H8 C128 T64 B16) seed={args.seed}", result,
                                 tr, va, wall, f"train at {MYGPT_STEP} <= {MYGPT_TRAIN_GOAL}", met))
     return rows
 
@@ -477,6 +491,8 @@ def main(argv=None) -> int:
                         help="torch.compile both models (speed), or the trained model (GPU quality)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="weights and batches of the timed models, and of the quality runs")
+    parser.add_argument("--more-seeds", type=int, nargs="*", default=[], metavar="S",
+                        help="--quality on CPU: also run nanoGPT's recipe with these seeds, then the mean and spread")
     parser.add_argument("--smoke", action="store_true",
                         help="a test of this script: 20 iterations per quality run, 2 rounds of 2 steps, no CSV")
     parser.add_argument("--csv", type=Path, default=None,
