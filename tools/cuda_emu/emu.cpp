@@ -9,6 +9,12 @@
 //
 // Switching: a fiber is started once with makecontext/setcontext; after that every switch is
 // _setjmp/_longjmp, which (unlike swapcontext) makes no system call.
+//
+// Warp-synchronous operations (shuffles, __syncwarp, mma, ldmatrix, WMMA) suspend each lane
+// until the whole warp has arrived; the scheduler then checks that every lane waits at the same
+// operation and, before letting them go on, runs the operation's `complete` once for the warp.
+// Shared memory: __shared__ arrays (static, one per kernel) and the launch's dynamic shared
+// memory, both NaN-filled per block; cp.async copies wait in per-thread queues.
 
 #undef _FORTIFY_SOURCE  // glibc's checked longjmp refuses a jump to another stack
 
@@ -39,6 +45,14 @@ namespace {
 
 constexpr int kMaxThreads = 1024;          // per block, as on every GPU since sm_20
 constexpr size_t kStackBytes = 256 << 10;  // per fiber; only the pages touched are memory
+// Shared memory per block, as on sm_90 (H100/H200): 48 KB without opting in, at most 227 KB
+// with cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n).
+constexpr size_t kDefaultSharedBytes = 48 << 10;
+constexpr size_t kMaxSharedOptIn = 227 << 10;
+// The shared-window addresses that shared_address gives out: __shared__ arrays from
+// kStaticWindow up, the dynamic shared memory at kDynamicWindow (never overlapping).
+constexpr uint32_t kStaticWindow = 0x400, kDynamicWindow = 0x1000000;
+constexpr size_t kDynamicAlignment = 128;
 
 enum class State { Ready, AtBarrier, AtShuffle, Done };
 
@@ -53,7 +67,47 @@ struct Fiber {
 struct Warp {
   std::vector<int> ready;  // fibers of this warp that can run
   int lanes = 0;           // threads in this warp (32, or fewer in a block's last warp)
-  int at_shuffle = 0;      // lanes waiting in a shuffle
+  int at_shuffle = 0;      // lanes waiting in a warp-synchronous operation
+};
+
+// What a lane waits at in a warp-synchronous operation (see warp_collective).
+struct WarpPost {
+  WarpOp op = WarpOp::Shuffle;
+  const void* key = nullptr;
+  void* args = nullptr;
+  WarpOpComplete complete = nullptr;
+};
+
+const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::Shuffle: return "a shuffle";
+    case WarpOp::SyncWarp: return "__syncwarp";
+    case WarpOp::Mma: return "mma.sync";
+    case WarpOp::LdMatrix: return "ldmatrix";
+    case WarpOp::WmmaFill: return "wmma::fill_fragment";
+    case WarpOp::WmmaLoad: return "wmma::load_matrix_sync";
+    case WarpOp::WmmaMma: return "wmma::mma_sync";
+    case WarpOp::WmmaStore: return "wmma::store_matrix_sync";
+  }
+  return "?";
+}
+
+// A cp.async copy that has not landed yet.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+};
+struct AsyncQueue {
+  std::vector<AsyncCopy> open;                    // not committed yet
+  std::deque<std::vector<AsyncCopy>> committed;  // oldest first
+};
+
+// A __shared__ array: where it is on the host and in the shared window.
+struct SharedArray {
+  char* host;
+  size_t bytes;
+  uint32_t window;
 };
 
 // The fibers live in one array that never moves: a ucontext_t holds pointers into itself.
@@ -65,14 +119,37 @@ const std::function<void()>* thread_body = nullptr;  // the current grid's kerne
 const char* running_kernel = nullptr;
 std::vector<Warp> warps;
 uint64_t exchange[kMaxThreads];  // shuffle values, one slot per thread
+WarpPost posts[kMaxThreads];      // what each thread waits at in a warp operation
+AsyncQueue async_queues[kMaxThreads];
+int completing_warp = -1;         // the warp whose operation `complete` is running, else -1
+char context_text[200];
 
 std::mt19937_64 rng(1);
+// cp.async landing: a generator of its own, so that kernels without cp.async see the same
+// schedules as before it was modelled
+std::mt19937_64 async_rng(1);
+bool async_eager = false;  // this block's cp.async copies land at issue (else at the wait)
 int blocks_per_sm = 2;
 long errors = 0;
 std::string last_error_message;
 cudaError_t launch_error = cudaSuccess;
 uint64_t block_serial = 0;                          // counts blocks run, from 1
 std::unordered_map<void*, uint64_t> shared_filled;  // __shared__ array -> block it was filled for
+std::vector<SharedArray> shared_arrays;             // every __shared__ array reached so far
+uint32_t next_static_window = kStaticWindow;
+size_t block_static_bytes = 0;                      // __shared__ bytes the running block reached
+std::unordered_map<const void*, size_t> max_dynamic_shared;  // cudaFuncSetAttribute, per kernel
+
+// The running launch's dynamic shared memory: `bytes` at `base`, inside a mapping with an
+// inaccessible page on both sides; the bytes around it (guard) must keep 0xff.
+struct DynamicShared {
+  char* mapping = nullptr;
+  size_t mapping_bytes = 0;
+  char* inside = nullptr;  // the accessible bytes
+  size_t inside_bytes = 0;
+  char* base = nullptr;
+  size_t bytes = 0;
+} dyn;
 
 void (*fault_hook)(const char*) = nullptr;
 
@@ -88,6 +165,9 @@ void on_memory_fault(int signal, siginfo_t* info, void*) {
     std::snprintf(where, sizeof where, " in %s, block (%u,%u,%u), thread (%u,%u,%u)",
                   running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
                   threadIdx.z);
+  } else if (running_kernel != nullptr && completing_warp >= 0) {
+    std::snprintf(where, sizeof where, " in %s, block (%u,%u,%u), warp %d (a warp operation)",
+                  running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, completing_warp);
   }
   const std::string text = std::string(what) + where;
   std::fprintf(stderr, "emu: %s\n", text.c_str());
@@ -159,12 +239,46 @@ void make_ready(int i) {
   warps[i / warpSize].ready.push_back(i);
 }
 
-void release_shuffle(Warp& w, int warp_index) {
+// Lets the lanes of a warp that wait in a warp operation go on. complete: every lane is there;
+// check that they wait at the same operation and run its `complete` once, for all of them.
+void release_shuffle(Warp& w, int warp_index, bool complete) {
+  const int first = warp_index * warpSize;
+  if (complete) {
+    const WarpPost& p = posts[first];
+    bool same = true;
+    for (int lane = 1; lane < w.lanes; ++lane) {
+      const WarpPost& q = posts[first + lane];
+      same &= q.op == p.op && (p.op == WarpOp::Shuffle || p.op == WarpOp::SyncWarp ||
+                               (q.key == p.key && q.complete == p.complete));
+      if (!same) {
+        error("%s block (%u,%u,%u) warp %d: lane 0 waits at %s, lane %d at %s (a different "
+              "warp-synchronous operation: undefined on a GPU)",
+              running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, warp_index, op_name(p.op), lane,
+              op_name(q.op));
+        break;
+      }
+    }
+    if (same && p.complete != nullptr) {
+      void* args[warpSize];
+      for (int lane = 0; lane < w.lanes; ++lane) args[lane] = posts[first + lane].args;
+      completing_warp = warp_index;
+      p.complete(args);
+      completing_warp = -1;
+    }
+  }
   for (int lane = 0; lane < w.lanes; ++lane) {
-    const int i = warp_index * warpSize + lane;
+    const int i = first + lane;
     if (fibers[i].state == State::AtShuffle) make_ready(i);
   }
   w.at_shuffle = 0;
+}
+
+// The first thread of warp w that waits in a warp operation.
+int first_waiting(int w) {
+  for (int lane = 0; lane < warps[w].lanes; ++lane) {
+    if (fibers[w * warpSize + lane].state == State::AtShuffle) return w * warpSize + lane;
+  }
+  return w * warpSize;
 }
 
 // The next warp to take a fiber from: in run-ahead mode the first warp of `order` that has a
@@ -181,6 +295,10 @@ int pick_warp(const std::vector<int>& order, bool run_ahead) {
 
 void run_block(int n_threads) {
   ++block_serial;
+  block_static_bytes = 0;
+  for (int i = 0; i < n_threads; ++i) async_queues[i] = AsyncQueue{};
+  async_eager = async_rng() % 2 == 0;
+  if (dyn.mapping != nullptr) std::memset(dyn.base, 0xff, dyn.bytes);
   const int n_warps = (n_threads + warpSize - 1) / warpSize;
   warps.assign(n_warps, Warp{});
   for (int w = 0; w < n_warps; ++w) warps[w].lanes = std::min(warpSize, n_threads - w * warpSize);
@@ -203,7 +321,7 @@ void run_block(int n_threads) {
       resume(i);
       if (fibers[i].state == State::Done) ++done;
       if (fibers[i].state == State::AtShuffle && ++warps[w].at_shuffle == warps[w].lanes) {
-        release_shuffle(warps[w], w);  // the whole warp is in the shuffle
+        release_shuffle(warps[w], w, true);  // the whole warp is in the operation
       }
       continue;
     }
@@ -212,10 +330,11 @@ void run_block(int n_threads) {
     bool stuck = false;
     for (int v = 0; v < n_warps; ++v) {
       if (warps[v].at_shuffle == 0) continue;
-      error("block (%u,%u,%u) warp %d: %d of %d lanes wait in a shuffle, the others are at "
+      error("%s block (%u,%u,%u) warp %d: %d of %d lanes wait in %s, the others are at "
             "__syncthreads or have returned (a hang on a GPU)",
-            blockIdx.x, blockIdx.y, blockIdx.z, v, warps[v].at_shuffle, warps[v].lanes);
-      release_shuffle(warps[v], v);  // go on (reading stale values) to finish the block
+            running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, v, warps[v].at_shuffle,
+            warps[v].lanes, op_name(posts[first_waiting(v)].op));
+      release_shuffle(warps[v], v, false);  // go on (results not computed) to finish the block
       stuck = true;
     }
     if (stuck) continue;
@@ -225,6 +344,49 @@ void run_block(int n_threads) {
       if (fibers[i].state == State::AtBarrier) make_ready(i);
     }
     std::shuffle(order.begin(), order.end(), rng);
+  }
+}
+
+// Maps the dynamic shared memory of a launch (see DynamicShared): the data ends at the upper
+// inaccessible page, or less than kDynamicAlignment bytes below it; at least 256 guard bytes
+// below it.
+void map_dynamic_shared(size_t bytes) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t span = (bytes + kDynamicAlignment - 1) / kDynamicAlignment * kDynamicAlignment;
+  dyn.inside_bytes = (span + 256 + page - 1) / page * page;
+  dyn.mapping_bytes = dyn.inside_bytes + 2 * page;
+  void* m = mmap(nullptr, dyn.mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  dyn.mapping = static_cast<char*>(m);
+  if (m == MAP_FAILED || mprotect(dyn.mapping, page, PROT_NONE) != 0 ||
+      mprotect(dyn.mapping + page + dyn.inside_bytes, page, PROT_NONE) != 0) {
+    std::perror("emu: dynamic shared memory");
+    std::abort();
+  }
+  dyn.inside = dyn.mapping + page;
+  dyn.base = dyn.inside + dyn.inside_bytes - span;
+  dyn.bytes = bytes;
+  std::memset(dyn.inside, 0xff, dyn.inside_bytes);
+}
+
+void unmap_dynamic_shared() {
+  if (dyn.mapping != nullptr) munmap(dyn.mapping, dyn.mapping_bytes);
+  dyn = DynamicShared{};
+}
+
+// After a block: the guard bytes around the dynamic shared memory are intact.
+void check_dynamic_guards(const char* kernel) {
+  if (dyn.mapping == nullptr) return;
+  const char* end = dyn.base + dyn.bytes;
+  for (const char* p = dyn.inside; p < dyn.inside + dyn.inside_bytes; ++p) {
+    if (p == dyn.base) p = end;
+    if (p < dyn.inside + dyn.inside_bytes && *p != '\xff') {
+      const long offset = static_cast<long>(p - dyn.base);
+      error("%s block (%u,%u,%u): a write outside the dynamic shared memory (%zu bytes), at "
+            "byte offset %ld", kernel, blockIdx.x, blockIdx.y, blockIdx.z, dyn.bytes, offset);
+      std::memset(dyn.inside, 0xff, dyn.inside_bytes);
+      return;
+    }
   }
 }
 
@@ -264,7 +426,10 @@ void catch_memory_faults(void (*on_fault)(const char* what)) {
 
 long error_count() { return errors; }
 const char* last_error() { return last_error_message.c_str(); }
-void seed(uint64_t s) { rng.seed(s); }
+void seed(uint64_t s) {
+  rng.seed(s);
+  async_rng.seed(s ^ 0x9e3779b97f4a7c15ull);
+}
 void set_occupancy(int blocks) { blocks_per_sm = blocks; }
 int occupancy() { return blocks_per_sm; }
 
@@ -293,33 +458,162 @@ uint64_t warp_exchange(uint64_t bits, int src_lane, unsigned mask, int width) {
           warps[warp].lanes);
   }
   exchange[current] = bits;
+  posts[current] = WarpPost{};  // a shuffle
   suspend(State::AtShuffle);  // until every lane has put its value
   const uint64_t result = exchange[warp * warpSize + (src_lane & (warpSize - 1))];
   suspend(State::AtShuffle);  // until every lane has read: the slots are free again
   return result;
 }
 
+void warp_collective(WarpOp op, const void* key, void* args, WarpOpComplete complete) {
+  if (current < 0) return error("%s outside a kernel", op_name(op));
+  const int warp = current / warpSize;
+  if (warps[warp].lanes != warpSize) {
+    error("%s in a warp of %d threads: only full warps are modelled", op_name(op),
+          warps[warp].lanes);
+  }
+  posts[current] = WarpPost{op, key, args, complete};
+  suspend(State::AtShuffle);  // until every lane is here; then `complete` has run
+}
+
+const char* collective_context() {
+  std::snprintf(context_text, sizeof context_text, "%s block (%u,%u,%u) warp %d",
+                running_kernel ? running_kernel : "?", blockIdx.x, blockIdx.y, blockIdx.z,
+                completing_warp >= 0 ? completing_warp : current / warpSize);
+  return context_text;
+}
+
 void shared_memory(void* array, size_t bytes) {
   uint64_t& filled_for = shared_filled[array];
+  if (filled_for == 0) {  // the first time ever: give it a place in the shared window
+    shared_arrays.push_back(SharedArray{static_cast<char*>(array), bytes, next_static_window});
+    next_static_window += static_cast<uint32_t>((bytes + 127) / 128 * 128);
+  }
   if (filled_for != block_serial) {
     std::memset(array, 0xff, bytes);
     filled_for = block_serial;
+    block_static_bytes += bytes;
+    if (block_static_bytes > kDefaultSharedBytes ||
+        block_static_bytes + dyn.bytes > kMaxSharedOptIn) {
+      error("%s: %zu bytes of __shared__ arrays and %zu of dynamic shared memory: more than a "
+            "block can have", running_kernel, block_static_bytes, dyn.bytes);
+    }
   }
 }
 
-void run_grid(const char* kernel, const LaunchConfig& config, const std::function<void()>& body) {
+void* dynamic_shared_memory(size_t alignment) {
+  if (current < 0) {
+    error("dynamic shared memory outside a kernel");
+    return nullptr;
+  }
+  if (alignment > kDynamicAlignment) {
+    error("%s: extern __shared__ aligned to %zu bytes; the emulator gives %zu", running_kernel,
+          alignment, kDynamicAlignment);
+  }
+  return dyn.base;
+}
+
+uint32_t shared_address(const void* generic) {
+  const char* p = static_cast<const char*>(generic);
+  if (dyn.mapping != nullptr && p >= dyn.base && p <= dyn.base + dyn.bytes) {
+    return kDynamicWindow + static_cast<uint32_t>(p - dyn.base);
+  }
+  for (const SharedArray& a : shared_arrays) {
+    if (p >= a.host && p <= a.host + a.bytes) return a.window + static_cast<uint32_t>(p - a.host);
+  }
+  error("%s: __cvta_generic_to_shared(%p): not a shared-memory address (undefined on a GPU)",
+        running_kernel ? running_kernel : "?", generic);
+  return 0xffffffffu;
+}
+
+void* shared_pointer(uint32_t address, size_t bytes, const char* what) {
+  if (dyn.mapping != nullptr && address >= kDynamicWindow &&
+      uint64_t{address} - kDynamicWindow + bytes <= dyn.bytes) {
+    return dyn.base + (address - kDynamicWindow);
+  }
+  for (const SharedArray& a : shared_arrays) {
+    if (address >= a.window && uint64_t{address} - a.window + bytes <= a.bytes) {
+      return a.host + (address - a.window);
+    }
+  }
+  error("%s: %s of %zu bytes at shared address 0x%x: outside every shared array (the dynamic "
+        "shared memory has %zu bytes)",
+        running_kernel ? running_kernel : "?", what, bytes, address, dyn.bytes);
+  return nullptr;
+}
+
+// A cp.async copy lands: reads the source now, src_bytes of it, and zero-fills the rest.
+static void land(const AsyncCopy& c) {
+  std::memcpy(c.dst, c.src, c.src_bytes);
+  std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+}
+
+void cp_async(uint32_t dst_shared, const void* src, int cp_size, int src_size) {
+  if (current < 0) return error("cp.async outside a kernel");
+  if (cp_size != 4 && cp_size != 8 && cp_size != 16) {
+    return error("cp.async of %d bytes (4, 8 or 16)", cp_size);
+  }
+  if (src_size < 0 || src_size > cp_size) {
+    return error("cp.async src-size %d with cp-size %d", src_size, cp_size);
+  }
+  void* dst = shared_pointer(dst_shared, cp_size, "cp.async destination");
+  if (dst == nullptr) return;
+  if (reinterpret_cast<uintptr_t>(dst) % cp_size != 0 || dst_shared % cp_size != 0 ||
+      reinterpret_cast<uintptr_t>(src) % cp_size != 0) {
+    return error("%s block (%u,%u,%u) thread %d: cp.async of %d bytes from %p to shared 0x%x: "
+                 "both addresses must be aligned to %d bytes",
+                 running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, current, cp_size, src,
+                 dst_shared, cp_size);
+  }
+  const AsyncCopy copy{dst, src, cp_size, src_size};
+  if (async_eager) land(copy);  // the earliest it may land; else at the wait, the latest
+  else async_queues[current].open.push_back(copy);
+}
+
+void cp_async_commit() {
+  if (current < 0) return error("cp.async.commit_group outside a kernel");
+  AsyncQueue& q = async_queues[current];
+  q.committed.push_back(std::move(q.open));
+  q.open.clear();
+}
+
+void cp_async_wait(int pending) {
+  if (current < 0) return error("cp.async.wait_group outside a kernel");
+  if (pending < 0) return error("cp.async.wait_group %d", pending);
+  AsyncQueue& q = async_queues[current];
+  while (q.committed.size() > static_cast<size_t>(pending)) {
+    for (const AsyncCopy& c : q.committed.front()) land(c);
+    q.committed.pop_front();
+  }
+}
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSharedOptIn) return cudaErrorInvalidValue;
+  max_dynamic_shared[kernel] = static_cast<size_t>(bytes);
+  return cudaSuccess;
+}
+
+void run_grid(const char* kernel, const void* kernel_address, const LaunchConfig& config,
+              const std::function<void()>& body) {
   if (current >= 0) return error("%s: a launch from inside a kernel is not modelled", kernel);
   if (!valid_config(config)) {
     launch_error = cudaErrorInvalidConfiguration;
     return;
   }
-  if (config.dynamic_shared_bytes != 0) {
-    return error("%s: dynamic shared memory is not modelled", kernel);
+  // More dynamic shared memory than the kernel's attribute allows (48 KB unless raised with
+  // cudaFuncSetAttribute): the launch fails, as on a GPU.
+  const auto attribute = max_dynamic_shared.find(kernel_address);
+  const size_t allowed =
+      attribute == max_dynamic_shared.end() ? kDefaultSharedBytes : attribute->second;
+  if (config.dynamic_shared_bytes > allowed) {
+    launch_error = cudaErrorInvalidValue;
+    return;
   }
   ++launch_counts()[kernel];
   const dim3 grid = config.grid, block = config.block;
   const int n = static_cast<int>(block.x * block.y * block.z);
   make_fibers(n);
+  if (config.dynamic_shared_bytes > 0) map_dynamic_shared(config.dynamic_shared_bytes);
   thread_body = &body;
   running_kernel = kernel;
   gridDim = grid;
@@ -332,9 +626,11 @@ void run_grid(const char* kernel, const LaunchConfig& config, const std::functio
           fibers[i].tid = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
         }
         run_block(n);
+        check_dynamic_guards(kernel);
       }
     }
   }
+  unmap_dynamic_shared();
   thread_body = nullptr;
   running_kernel = nullptr;
 }
@@ -363,3 +659,8 @@ const char* kernel_name(const char* pretty_function) {
 }
 
 }  // namespace emu
+
+void __syncwarp(unsigned mask) {
+  if (mask != 0xffffffffu) emu::error("__syncwarp(0x%x): only the full mask is modelled", mask);
+  emu::warp_collective(emu::WarpOp::SyncWarp, nullptr, nullptr, nullptr);
+}

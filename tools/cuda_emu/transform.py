@@ -7,11 +7,18 @@ Only what C++ cannot express changes; the kernels and launchers are compiled as 
 - a declaration ``__shared__ T a[N], b[M];`` becomes ``static T a[N]; emu::shared_memory(&a,
   sizeof(a)); ...``: one copy per kernel (blocks run one at a time), filled with NaN bytes
   when each block first reaches it;
+- ``extern __shared__ __align__(A) T name[];`` (dynamic shared memory) becomes
+  ``T* const name = static_cast<T*>(emu::dynamic_shared_memory(A));``;
+- inline PTX ``asm volatile("text" : "=r"(x), "+f"(y) : "r"(z), "l"(p), "n"(N))`` becomes
+  ``emu::ptx("text", {emu::ptx_out("=r", x), emu::ptx_out("+f", y), emu::ptx_in("r", z), ...})``:
+  the emulator reads the instruction from the text at run time (operands in the order of
+  their %n numbers: outputs, then inputs; clobbers are dropped);
 - ``#include "emu.h"`` and a ``#line`` directive go on top; every rewrite keeps the line
   count, so compiler messages name the lines of the .cu file.
 
 Comments and string literals are never rewritten. Not handled (an error, not a silent
-miscompile): ``extern __shared__`` (dynamic shared memory).
+miscompile): named asm operands (``[name] "r"(x)``), ``asm goto``, an ``extern __shared__``
+declaration that is not one unsized array.
 
     python transform.py layernorm.cu layernorm_emu.cpp
 """
@@ -143,6 +150,30 @@ def split_top_level(text: str) -> list[str]:
     return parts
 
 
+def rewrite_dynamic_shared(src: str, code: str, match: re.Match, line: int) -> tuple[int, int, str]:
+    """``extern __shared__ __align__(A) T name[];`` -> a pointer to the launch's dynamic shared
+    memory (see emu::dynamic_shared_memory)."""
+    start = code.rfind("extern", 0, match.start())
+    end = code.find(";", match.end())
+    if end < 0:
+        raise TransformError(f"line {line}: no ';' after extern __shared__")
+    declaration = code[start : end + 1]
+    decl = re.fullmatch(
+        r"extern\s+(?P<a1>(?:__align__|alignas)\s*\(\s*(?P<n1>\d+)\s*\)\s*)?__shared__\s+"
+        r"(?P<a2>(?:__align__|alignas)\s*\(\s*(?P<n2>\d+)\s*\)\s*)?(?P<type>[\w\s:<>,*]+?)\s*"
+        r"(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;",
+        declaration,
+        re.S,
+    )
+    if decl is None:
+        raise TransformError(f"line {line}: cannot read the extern __shared__ declaration")
+    alignment = decl["n1"] or decl["n2"] or "16"
+    type_ = " ".join(decl["type"].split())
+    memory = f"emu::dynamic_shared_memory({alignment})"
+    text = f"{type_}* const {decl['name']} = static_cast<{type_}*>({memory});"
+    return start, end + 1, same_lines(text, src[start : end + 1])
+
+
 def rewrite_shared(src: str, code: str) -> list[tuple[int, int, str]]:
     edits = []
     for match in re.finditer(r"\b__shared__\b", code):
@@ -150,7 +181,8 @@ def rewrite_shared(src: str, code: str) -> list[tuple[int, int, str]]:
         start = match.start()
         before = code[code.rfind("\n", 0, start) + 1 : start]
         if re.search(r"\bextern\b", before):
-            raise TransformError(f"line {line}: extern __shared__ (dynamic) is not modelled")
+            edits.append(rewrite_dynamic_shared(src, code, match, line))
+            continue
         if written_static := re.search(r"\bstatic\s+$", before):  # "static __shared__ ...": ours
             start -= len(written_static.group())
         end = code.find(";", match.end())
@@ -177,10 +209,76 @@ def rewrite_shared(src: str, code: str) -> list[tuple[int, int, str]]:
     return edits
 
 
+def split_outside_brackets(text: str, sep: str) -> list[tuple[int, str]]:
+    """(offset, piece) of text split at the `sep` characters outside (), [] and {} (text is
+    code_only: no string literal hides a bracket or separator)."""
+    parts, depth, last = [], 0, 0
+    for k, ch in enumerate(text):
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        if ch == sep and depth == 0:
+            parts.append((last, text[last:k]))
+            last = k + 1
+    parts.append((last, text[last:]))
+    return parts
+
+
+# one asm operand: [name] "constraint"(expression)
+ASM_OPERAND = re.compile(
+    r'\s*(?P<name>\[\s*\w+\s*\]\s*)?(?P<constraint>"[^"]*")\s*\((?P<expr>.*)\)\s*', re.S
+)
+
+
+def rewrite_asm(src: str, code: str) -> list[tuple[int, int, str]]:
+    """asm volatile("text" : outputs : inputs : clobbers) -> emu::ptx("text", {operands})."""
+    edits = []
+    for match in re.finditer(r"\b(?:asm|__asm__|__asm)\b", code):
+        line = line_of(code, match.start())
+        k = match.end()
+        while True:  # qualifiers
+            while k < len(code) and code[k].isspace():
+                k += 1
+            qualifier = IDENT.match(code, k)
+            if qualifier is None:
+                break
+            if qualifier.group() == "goto":
+                raise TransformError(f"line {line}: asm goto is not modelled")
+            if qualifier.group() not in ("volatile", "__volatile__", "inline"):
+                raise TransformError(f"line {line}: unexpected {qualifier.group()!r} after asm")
+            k = qualifier.end()
+        if k >= len(code) or code[k] != "(":
+            raise TransformError(f"line {line}: expected asm(...)")
+        end = matching(code, k, "(", ")")
+        inner_start = k + 1
+        sections = split_outside_brackets(code[inner_start : end - 1], ":")
+        if len(sections) > 4:
+            raise TransformError(f"line {line}: asm goto labels are not modelled")
+        offset, _ = sections[0]
+        template = src[inner_start + offset : inner_start + offset + len(sections[0][1])].strip()
+        if not template.startswith('"'):
+            raise TransformError(f"line {line}: the asm text must be a string literal")
+        template = template.replace("\n", " ")  # between literals only: literals hold no newline
+        operands = []
+        for role, (offset, text) in zip(("out", "in"), sections[1:3]):
+            if not text.strip():
+                continue
+            for piece_offset, piece in split_outside_brackets(text, ","):
+                at = inner_start + offset + piece_offset
+                written = src[at : at + len(piece)]
+                operand = ASM_OPERAND.fullmatch(written)
+                if operand is None or operand["name"]:
+                    what = written.strip()
+                    raise TransformError(f"line {line}: cannot read asm operand {what!r}")
+                expr = " ".join(operand["expr"].split())
+                operands.append(f"emu::ptx_{role}({operand['constraint']}, {expr})")
+        text = f"emu::ptx({template}, {{{', '.join(operands)}}})"
+        edits.append((match.start(), end, same_lines(text, src[match.start() : end])))
+    return edits
+
+
 def transform(src: str, source_name: str) -> str:
     """The C++ text for CUDA source `src`; source_name goes into the #line directive."""
     code = code_only(src)
-    edits = sorted(rewrite_launches(src, code) + rewrite_shared(src, code))
+    edits = sorted(rewrite_launches(src, code) + rewrite_shared(src, code) + rewrite_asm(src, code))
     out, pos = [], 0
     for start, end, text in edits:
         if start < pos:

@@ -1,6 +1,6 @@
 // Stand-in for <cuda_bf16.h> on the host: __nv_bfloat16 as 16 raw bits (the top half of a
-// float) and the conversions to and from float (round to nearest even). No arithmetic
-// operators and no implicit conversions, as in a torch extension build
+// float), __nv_bfloat162, and the conversions to and from float (round to nearest even). No
+// arithmetic operators and no implicit conversions, as in a torch extension build
 // (-D__CUDA_NO_BFLOAT16_CONVERSIONS__).
 #pragma once
 
@@ -32,3 +32,12 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
 }
 
 inline __nv_bfloat16 __float2bfloat16(float v) { return __float2bfloat16_rn(v); }
+
+// Two bfloat16 in 32 bits, x in the low half (the lower address).
+struct alignas(4) __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return __nv_bfloat162{__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}

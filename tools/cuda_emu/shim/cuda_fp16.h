@@ -1,8 +1,8 @@
-// Stand-in for <cuda_fp16.h> on the host: __half as 16 raw bits and the conversions to and
-// from float, in software (IEEE binary16, round to nearest even), so no compiler support for
-// _Float16 is needed. No arithmetic operators and no implicit conversions: the same as a
-// torch extension build, which compiles with -D__CUDA_NO_HALF_OPERATORS__ and
-// -D__CUDA_NO_HALF_CONVERSIONS__.
+// Stand-in for <cuda_fp16.h> on the host: __half as 16 raw bits, __half2, and the
+// conversions to and from float, in software (IEEE binary16, round to nearest even), so no
+// compiler support for _Float16 is needed. No arithmetic operators and no implicit
+// conversions: the same as a torch extension build, which compiles with
+// -D__CUDA_NO_HALF_OPERATORS__ and -D__CUDA_NO_HALF_CONVERSIONS__.
 #pragma once
 
 #include <cmath>
@@ -52,3 +52,12 @@ inline __half __float2half_rn(float v) {
 }
 
 inline __half __float2half(float v) { return __float2half_rn(v); }
+
+// Two halves in 32 bits, x in the low half (the lower address).
+struct alignas(4) __half2 {
+  __half x, y;
+};
+
+inline __half2 __floats2half2_rn(float lo, float hi) {
+  return __half2{__float2half_rn(lo), __float2half_rn(hi)};
+}

@@ -11,6 +11,11 @@ struct dim3 {
 };
 typedef dim3 uint3;
 
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
 enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
@@ -19,10 +24,17 @@ enum cudaError_t {
 
 typedef struct CUstream_st* cudaStream_t;
 
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+};
+
 namespace emu {
 cudaError_t take_last_error();  // the launch error of the last launch, then cudaSuccess
 cudaError_t peek_last_error();
 int occupancy();  // blocks per SM that the occupancy query answers (emu::set_occupancy)
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes): at most
+// 227 KB (sm_90), else cudaErrorInvalidValue
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
 }  // namespace emu
 
 inline cudaError_t cudaGetLastError() { return emu::take_last_error(); }
@@ -43,4 +55,11 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, i
                                                           size_t /*dynamic_shared_bytes*/) {
   *blocks = emu::occupancy();
   return cudaSuccess;
+}
+
+// Only the dynamic shared memory limit is modelled; other attributes are refused.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return emu::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
 }

@@ -1,0 +1,206 @@
+"""The real attention.cu on the CPU: tools/cuda_emu (see its README.md) compiles the CUDA source
+as it is now with g++ and runs every CUDA thread as a fiber, with the inline PTX the kernels
+use (mma.sync m16n8k16, ldmatrix, cp.async), nvcuda::wmma, dynamic shared memory and its
+launch limits modelled; it checks out, lse, dq, dk and dv against float64 with NaN-poisoned
+outputs, guarded buffers and strided views (fused QKV, a narrowed KV cache, padded rows). A
+reduced case set runs here (every kernel instantiation: fp32/fp16/bf16 x head dims 32/64/128,
+forward and backward); the full sweep is `python tools/cuda_emu/emulate_attention.py`.
+Planted bugs check that the emulator can fail."""
+
+import importlib.util
+import re
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from toykernels import _build
+
+CSRC = _build.CSRC
+EMU_DIR = Path(__file__).resolve().parents[2] / "tools" / "cuda_emu"
+
+
+def _load_driver():
+    path = EMU_DIR / "emulate_attention.py"
+    spec = importlib.util.spec_from_file_location("emulate_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+emu = _load_driver()
+Case = emu.Case
+
+
+def reduced_cases() -> list:
+    """For every dtype and head dim (each pair launches its own forward and backward kernel
+    instantiations): lengths around the tiles (16-row warp tiles; 64-row tensor-core tiles,
+    32-row fp32 backward tiles), every layout, B and H above 1 (the kernels split
+    blockIdx.y = b * H + h)."""
+    cases = []
+    for dtype in emu.DTYPES:
+        for D in emu.HEAD_DIMS:
+            cases += [
+                Case(dtype, 1, 1, D),  # one query, one key
+                Case(dtype, 17, 17, D, "padded", B=2),  # one partial tile; rows of D + 8
+                Case(dtype, 65, 65, D, "qkv", H=2),  # views of a fused QKV buffer; 2 query tiles
+                Case(dtype, 1, 130, D, "cache", H=2),  # decode: one query, a narrowed KV cache
+                Case(dtype, 64, 65, D),  # Tk - Tq = 1: the last query's last key opens a tile
+                Case(dtype, 129, 130, D, "cache"),  # the same over 3 key tiles
+                Case(dtype, 130, 130, D, "qkv", B=2, H=2),  # 3 key tiles: the prefetch pipeline
+            ]
+    return cases + emu.invalid_cases()
+
+
+@pytest.fixture(scope="module")
+def cxx() -> str:
+    compiler = emu.find_cxx()
+    if compiler is None:
+        pytest.skip("the CUDA emulator needs a C++ compiler: no g++ on the PATH (or set CXX)")
+    return compiler
+
+
+@pytest.fixture(scope="module")
+def emulator(cxx, tmp_path_factory) -> Path:
+    """The emulator built from the current attention.cu (a build error fails the tests)."""
+    return emu.build(CSRC / "attention.cu", tmp_path_factory.mktemp("attention_emu"), cxx)
+
+
+@pytest.fixture(scope="module")
+def reduced_result(emulator):
+    """The reduced case set's result, shared by the tests below (2 processes: 2 cores)."""
+    return emu.run(emulator, reduced_cases(), jobs=2, timeout=300)
+
+
+def test_reduced_case_set_passes(reduced_result):
+    result = reduced_result
+    assert not result.failures, result.summary() + "\n" + result.stderr[-3000:]
+    assert result.emu_errors == 0, result.stderr[-3000:]
+    assert result.cases == len(reduced_cases())
+
+
+def test_reduced_case_set_launches_every_kernel_instantiation(reduced_result):
+    launches = reduced_result.launches
+    # 3 dtypes x 3 head dims x (forward, dK/dV, dQ) + the delta kernel per dtype
+    assert len(launches) == 30, launches  # every instantiation in the binary is listed
+    never = sorted(kernel for kernel, count in launches.items() if count == 0)
+    assert not never, f"no case in reduced_cases() reaches these kernels (add one): {never}"
+
+
+# Planted bugs: text in attention.cu, its replacement, cases that must catch it, and a pattern
+# that the failure must match (it is caught for the reason it was planted).
+TC_CASES = [
+    Case("f16", 64, 65, 64),
+    Case("bf16", 129, 130, 32, "cache", H=2),
+    Case("f16", 130, 130, 64, "qkv", H=2),
+]
+PLANTED_BUGS = {
+    # the copies of the tile being computed are never waited for: they have not landed (the
+    # emulator lands a cp.async at its wait_group in half of the blocks), so shared memory is NaN
+    "forward without its cp.async wait_group 1": (
+        "      cp_async_wait<1>();  // everything but the prefetch has landed\n",
+        "\n",
+        TC_CASES,
+        r"^(lse|out)\[.*nan",
+    ),
+    # a thread's cp.async lands at its own wait; the rows other threads copied need the barrier
+    "forward without the __syncthreads after the wait": (
+        "      cp_async_wait<0>();\n    }\n    __syncthreads();\n",
+        "      cp_async_wait<0>();\n    }\n",
+        TC_CASES,
+        r"^(lse|out)\[",
+    ),
+    # a warp running ahead prefetches into the stage the others still read (cp.async lands at
+    # issue in the other half of the blocks)
+    "forward without the __syncthreads before the next prefetch": (
+        "    __syncthreads();  // this stage is refilled by the prefetch of the next iteration\n",
+        "\n",
+        TC_CASES,
+        r"^(lse|out)\[",
+    ),
+    # the causal tile skip drops the last key tile when it holds just the last query's last key
+    "forward key tile count off by one": (
+        "const int kv_end = min(Tk, m0 + kFwdBM + offset);",
+        "const int kv_end = min(Tk, m0 + kFwdBM + offset - 1);",
+        TC_CASES,
+        r"^(lse|out)\[",
+    ),
+    # q's rows stepped with dout's stride: the same in a contiguous layout, not in fused QKV
+    "dQ (tensor cores) reads q with dout's row stride": (
+        "tc_load_rows<T, D>(s.q, q + row_offset(qs, bh, H, i0), qs.time, valid);",
+        "tc_load_rows<T, D>(s.q, q + row_offset(qs, bh, H, i0), dos.time, valid);",
+        TC_CASES,
+        r"^dq\[",
+    ),
+    # lanes read scores that other lanes of the warp have not stored yet (WMMA stores land lane
+    # by lane)
+    "dQ (tensor cores) without its __syncwarp": (
+        "s.dout[warp * 16], s.v);  // dP\n    __syncwarp();\n",
+        "s.dout[warp * 16], s.v);  // dP\n",
+        TC_CASES,
+        r"^dq\[",
+    ),
+    # fp32 forward: lanes read the scaled query row before the other lanes have written it
+    "fp32 forward without its __syncwarp": (
+        "  __syncwarp();\n\n  const int last = row + (Tk - Tq);",
+        "\n\n  const int last = row + (Tk - Tq);",
+        [Case("f32", 17, 17, 64, "qkv", H=2)],
+        r"^(lse|out)\[.*nan",
+    ),
+    # fp32 dK/dV: the first query tile that sees a key tile is skipped when its last query is
+    # the first one to see it
+    "fp32 dK/dV first query tile off by one": (
+        "const int first = max(0, n0 - offset);\n  for (int i0 = (first / kBwdB) * kBwdB;",
+        "const int first = max(0, n0 - offset + 1);\n  for (int i0 = (first / kBwdB) * kBwdB;",
+        [Case("f32", 64, 65, 32)],
+        r"^d[kv]\[",
+    ),
+    # not a kernel bug: an instruction the emulator does not model (m16n8k8) must be an error
+    "an unmodelled PTX instruction": (
+        '"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}',
+        '"mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}',
+        [Case("f16", 17, 17, 32)],
+        r"^emulator error: inline PTX .*m16n8k8",
+    ),
+    # 87 KB of dynamic shared memory (D = 128) without raising the 48 KB default: the launch
+    # fails, as on a GPU
+    "forward without cudaFuncSetAttribute": (
+        "    cudaError_t err = cudaFuncSetAttribute(flash_forward_tc<T, D>,\n"
+        "                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);\n"
+        "    if (err != cudaSuccess) return err;\n",
+        "",
+        [Case("bf16", 17, 17, 128)],
+        r"forward returned error 1$",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def planted_results(emulator, cxx, tmp_path_factory):
+    """Every planted bug's copy of the source, built and run, two at a time (2 cores)."""
+
+    def build_and_run(bug):
+        old, new, cases, _ = PLANTED_BUGS[bug]
+        folder = tmp_path_factory.mktemp("planted")
+        shutil.copytree(CSRC, folder / "csrc")
+        source = folder / "csrc" / "attention.cu"
+        text = source.read_text()
+        if text.count(old) != 1:
+            return f"attention.cu has changed: update the planted bug {bug!r}"
+        source.write_text(text.replace(old, new))
+        binary = emu.build(source, folder / "build", cxx, runtime_from=emulator.parent)
+        return emu.run(binary, cases, jobs=1, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(PLANTED_BUGS, pool.map(build_and_run, PLANTED_BUGS)))
+
+
+@pytest.mark.parametrize("bug", list(PLANTED_BUGS))
+def test_planted_bug_is_caught(bug, planted_results):
+    result = planted_results[bug]
+    assert not isinstance(result, str), result
+    cases, reason = PLANTED_BUGS[bug][2:]
+    assert result.failures, f"{bug}: not caught by {[c.name for c in cases]}"
+    assert any(re.search(reason, problem) for problem in result.failures.values()), result.summary()
