@@ -1,8 +1,11 @@
-"""Shared helpers for the toykernels tests: the CUDA skip rule and the nvcc compile check.
+"""Shared helpers for the toykernels tests: the CUDA skip rule, the nvcc compile check and
+the C++ compiler of the CUDA emulator (tools/cuda_emu).
 
 With --import-mode=importlib these are fixtures (not an importable module).
 Tests that need a GPU are marked `@pytest.mark.cuda`; here they are skipped, with the reason,
-when torch has no usable CUDA device.
+when torch has no usable CUDA device. tools/cuda_emu goes on sys.path here, so that the
+emulated tests import its drivers (emulate_layernorm, emulate_attention) and their shared
+emulate.py as modules.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,9 @@ import toykernels
 
 CSRC = Path(toykernels.__file__).resolve().parent / "csrc"
 HERE = Path(__file__).resolve().parent
+EMU_DIR = HERE.parents[1] / "tools" / "cuda_emu"
+if str(EMU_DIR) not in sys.path:
+    sys.path.append(str(EMU_DIR))
 NO_CUDA_REASON = (
     "needs an NVIDIA GPU and a CUDA build of torch "
     f"(torch {torch.__version__}, torch.cuda.is_available() is False)"
@@ -89,3 +96,30 @@ def nvcc_compile(nvcc_path, tmp_path_factory):
         return obj
 
     return compile
+
+
+@pytest.fixture(scope="session")
+def cxx() -> str:
+    """The C++ compiler the CUDA emulator builds with ($CXX, else g++); skips the test without one."""
+    import emulate  # tools/cuda_emu, on sys.path (above)
+
+    compiler = emulate.find_cxx()
+    if compiler is None:
+        pytest.skip("the CUDA emulator needs a C++ compiler: no g++ on the PATH (or set CXX)")
+    return compiler
+
+
+# The emulated tests (test_*_emulated.py) import their driver as `emu` (emulate_layernorm,
+# emulate_attention) and define reduced_cases(); these fixtures serve each such module.
+@pytest.fixture(scope="module")
+def emulator(request, cxx, tmp_path_factory) -> Path:
+    """The module's emulator, built from the current .cu file (a build error fails the tests)."""
+    source = CSRC / request.module.emu.DEFAULT_SOURCE.name  # layernorm.cu, attention.cu
+    return request.module.emu.build(source, tmp_path_factory.mktemp(f"{source.stem}_emu"), cxx)
+
+
+@pytest.fixture(scope="module")
+def reduced_result(request, emulator):
+    """The module's reduced case set run on its emulator, shared by its tests (2 processes:
+    2 cores)."""
+    return request.module.emu.run(emulator, request.module.reduced_cases(), jobs=2, timeout=300)

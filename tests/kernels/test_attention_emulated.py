@@ -7,30 +7,15 @@ reduced case set runs here (every kernel instantiation: fp32/fp16/bf16 x head di
 forward and backward); the full sweep is `python tools/cuda_emu/emulate_attention.py`.
 Planted bugs check that the emulator can fail."""
 
-import importlib.util
 import re
-import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+import emulate  # tools/cuda_emu, on sys.path by conftest.py
+import emulate_attention as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
 import pytest
 from toykernels import _build
 
 CSRC = _build.CSRC
-EMU_DIR = Path(__file__).resolve().parents[2] / "tools" / "cuda_emu"
-
-
-def _load_driver():
-    path = EMU_DIR / "emulate_attention.py"
-    spec = importlib.util.spec_from_file_location("emulate_attention", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-emu = _load_driver()
 Case = emu.Case
 
 
@@ -54,38 +39,15 @@ def reduced_cases() -> list:
     return cases + emu.invalid_cases()
 
 
-@pytest.fixture(scope="module")
-def cxx() -> str:
-    compiler = emu.find_cxx()
-    if compiler is None:
-        pytest.skip("the CUDA emulator needs a C++ compiler: no g++ on the PATH (or set CXX)")
-    return compiler
-
-
-@pytest.fixture(scope="module")
-def emulator(cxx, tmp_path_factory) -> Path:
-    """The emulator built from the current attention.cu (a build error fails the tests)."""
-    return emu.build(CSRC / "attention.cu", tmp_path_factory.mktemp("attention_emu"), cxx)
-
-
-@pytest.fixture(scope="module")
-def reduced_result(emulator):
-    """The reduced case set's result, shared by the tests below (2 processes: 2 cores)."""
-    return emu.run(emulator, reduced_cases(), jobs=2, timeout=300)
-
-
 def test_reduced_case_set_passes(reduced_result):
-    result = reduced_result
-    assert not result.failures, result.summary() + "\n" + result.stderr[-3000:]
-    assert result.emu_errors == 0, result.stderr[-3000:]
-    assert result.cases == len(reduced_cases())
+    assert reduced_result.passed(len(reduced_cases())), reduced_result.report()
 
 
 def test_reduced_case_set_launches_every_kernel_instantiation(reduced_result):
     launches = reduced_result.launches
     # 3 dtypes x 3 head dims x (forward, dK/dV, dQ) + the delta kernel per dtype
     assert len(launches) == 30, launches  # every instantiation in the binary is listed
-    never = sorted(kernel for kernel, count in launches.items() if count == 0)
+    never = reduced_result.never_launched()
     assert not never, f"no case in reduced_cases() reaches these kernels (add one): {never}"
 
 
@@ -184,12 +146,9 @@ def planted_results(emulator, cxx, tmp_path_factory):
     def build_and_run(bug):
         old, new, cases, _ = PLANTED_BUGS[bug]
         folder = tmp_path_factory.mktemp("planted")
-        shutil.copytree(CSRC, folder / "csrc")
-        source = folder / "csrc" / "attention.cu"
-        text = source.read_text()
-        if text.count(old) != 1:
+        source = emulate.planted_copy(CSRC / "attention.cu", old, new, folder)
+        if source is None:
             return f"attention.cu has changed: update the planted bug {bug!r}"
-        source.write_text(text.replace(old, new))
         binary = emu.build(source, folder / "build", cxx, runtime_from=emulator.parent)
         return emu.run(binary, cases, jobs=1, timeout=120)
 

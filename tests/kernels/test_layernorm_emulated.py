@@ -5,29 +5,14 @@ and backward against float64 with NaN-poisoned outputs and guarded buffers. A re
 set runs here (every kernel instantiation, fp32/fp16/bf16); the full sweep is
 `python tools/cuda_emu/emulate_layernorm.py`. Planted bugs check that the emulator can fail."""
 
-import importlib.util
 import re
-import shutil
-import sys
-from pathlib import Path
 
+import emulate  # tools/cuda_emu, on sys.path by conftest.py
+import emulate_layernorm as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
 import pytest
 from toykernels import _build
 
 CSRC = _build.CSRC
-EMU_DIR = Path(__file__).resolve().parents[2] / "tools" / "cuda_emu"
-
-
-def _load_driver():
-    path = EMU_DIR / "emulate_layernorm.py"
-    spec = importlib.util.spec_from_file_location("emulate_layernorm", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-emu = _load_driver()
 Case = emu.Case
 DTYPES = ("f32", "f16", "bf16")
 
@@ -88,45 +73,20 @@ FULL_OCCUPANCY_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cxx() -> str:
-    compiler = emu.find_cxx()
-    if compiler is None:
-        pytest.skip("the CUDA emulator needs a C++ compiler: no g++ on the PATH (or set CXX)")
-    return compiler
-
-
-@pytest.fixture(scope="module")
-def emulator(cxx, tmp_path_factory) -> Path:
-    """The emulator built from the current layernorm.cu (a build error fails the tests)."""
-    return emu.build(CSRC / "layernorm.cu", tmp_path_factory.mktemp("layernorm_emu"), cxx)
-
-
-@pytest.fixture(scope="module")
-def reduced_result(emulator):
-    """The reduced case set's result, shared by the tests below (2 processes: 2 cores)."""
-    return emu.run(emulator, reduced_cases(), jobs=2, timeout=300)
-
-
 def test_reduced_case_set_passes(reduced_result):
-    result = reduced_result
-    assert not result.failures, result.summary() + "\n" + result.stderr[-3000:]
-    assert result.emu_errors == 0, result.stderr[-3000:]
-    assert result.cases == len(reduced_cases())
+    assert reduced_result.passed(len(reduced_cases())), reduced_result.report()
 
 
 def test_reduced_case_set_launches_every_kernel_instantiation(reduced_result):
     launches = reduced_result.launches
     assert len(launches) >= 30, launches  # every instantiation in the binary is listed
-    never = sorted(kernel for kernel, count in launches.items() if count == 0)
+    never = reduced_result.never_launched()
     assert not never, f"no case in reduced_cases() reaches these kernels (add one): {never}"
 
 
 def test_full_occupancy_cases_pass(emulator):
     result = emu.run(emulator, FULL_OCCUPANCY_CASES, jobs=2, occupancy=8, timeout=120)
-    assert not result.failures, result.summary() + "\n" + result.stderr[-3000:]
-    assert result.emu_errors == 0, result.stderr[-3000:]
-    assert result.cases == len(FULL_OCCUPANCY_CASES)
+    assert result.passed(len(FULL_OCCUPANCY_CASES)), result.report()
 
 
 # Planted bugs: text in layernorm.cu, its replacement, cases that must catch it, and a
@@ -169,12 +129,8 @@ PLANTED_BUGS = {
 @pytest.mark.parametrize("bug", list(PLANTED_BUGS))
 def test_planted_bug_is_caught(bug, emulator, cxx, tmp_path):
     old, new, cases, reason = PLANTED_BUGS[bug]
-    csrc = tmp_path / "csrc"
-    shutil.copytree(CSRC, csrc)
-    source = csrc / "layernorm.cu"
-    text = source.read_text()
-    assert text.count(old) == 1, f"layernorm.cu has changed: update the planted bug {bug!r}"
-    source.write_text(text.replace(old, new))
+    source = emulate.planted_copy(CSRC / "layernorm.cu", old, new, tmp_path)
+    assert source, f"layernorm.cu has changed: update the planted bug {bug!r}"
     binary = emu.build(source, tmp_path / "build", cxx, runtime_from=emulator.parent)
     result = emu.run(binary, cases, jobs=2, timeout=120)
     assert result.failures, f"{bug}: not caught by {[c.name for c in cases]}"

@@ -44,54 +44,37 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdarg>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
-
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "attention.h"
 #include "emu.h"
+#include "harness.h"
 
 using toykernels::AttnDType;
 using toykernels::AttnStrides;
 
 namespace {
 
-// ---- element types ----
-float to_float(float v) { return v; }
-float to_float(__half v) { return __half2float(v); }
-float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> T from_float(float v);
-template <> float from_float<float>(float v) { return v; }
-template <> __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using harness::from_float;
+using harness::to_float;
+using harness::unit_roundoff;
 
 template <typename T> AttnDType dtype_of();
 template <> AttnDType dtype_of<float>() { return AttnDType::Float32; }
 template <> AttnDType dtype_of<__half>() { return AttnDType::Float16; }
 template <> AttnDType dtype_of<__nv_bfloat16>() { return AttnDType::BFloat16; }
 
-// Unit roundoff of T, and the largest error of rounding a value below T's normal range to T
-// (absolute; fp16 only, bf16 has the range of fp32).
-template <typename T> double unit_roundoff() {
-  if (std::is_same<T, float>::value) return std::ldexp(1.0, -24);
-  if (std::is_same<T, __half>::value) return std::ldexp(1.0, -11);
-  return std::ldexp(1.0, -8);
-}
+// The largest error of rounding a value below T's normal range to T (absolute; fp16 only, bf16
+// has the range of fp32).
 template <typename T> double subnormal_step() {
   return std::is_same<T, __half>::value ? std::ldexp(1.0, -25) : 0.0;
 }
@@ -99,35 +82,13 @@ constexpr double kFp32 = 5e-6;   // fp32 arithmetic, relative to the sum of the 
 constexpr double kSafety = 3.0;  // on top of the error bound
 
 // ---- buffers ----
-// A stand-in for a device allocation, in a mapping of its own between two inaccessible pages;
-// the data starts 256-byte aligned (cudaMalloc gives 256) and ends less than 256 bytes below
-// the upper page. Every byte that no tensor element owns (around the data and inside it:
-// padding, a cache's tail) holds `free_byte`.
-class Buffer {
+// A guarded buffer (harness.h) in which every byte that no tensor element owns (around the data
+// and inside it: padding, a cache's tail) holds `free_byte`.
+class Buffer : public harness::GuardedBuffer {
  public:
   Buffer(size_t n, size_t elem_size, uint8_t free_byte)
-      : n_(n), elem_size_(elem_size), free_byte_(free_byte) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t span = round_up(std::max<size_t>(n, 1) * elem_size, 256);
-    inside_bytes_ = round_up(256 + span, page);
-    mapping_ = static_cast<uint8_t*>(mmap(nullptr, inside_bytes_ + 2 * page, PROT_READ | PROT_WRITE,
-                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (mapping_ == MAP_FAILED || mprotect(mapping_, page, PROT_NONE) != 0 ||
-        mprotect(mapping_ + page + inside_bytes_, page, PROT_NONE) != 0) {
-      std::perror("harness: mmap");
-      std::exit(2);
-    }
-    inside_ = mapping_ + page;
-    data_ = inside_ + inside_bytes_ - span;
-    std::memset(inside_, free_byte, inside_bytes_);
-    owned_.assign(inside_bytes_, false);
-  }
-  ~Buffer() { munmap(mapping_, inside_bytes_ + 2 * static_cast<size_t>(sysconf(_SC_PAGESIZE))); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
+      : GuardedBuffer(n, elem_size, 0, free_byte), owned_(inside_bytes_, false) {}
 
-  template <typename T = void> T* data() { return reinterpret_cast<T*>(data_); }
-  size_t elem_size() const { return elem_size_; }
   // element e belongs to a tensor
   void own(size_t e) {
     for (size_t b = 0; b < elem_size_; ++b) owned_[data_ - inside_ + e * elem_size_ + b] = true;
@@ -138,20 +99,12 @@ class Buffer {
   // the bytes that no element owns still hold free_byte
   bool free_bytes_intact() const {
     for (size_t i = 0; i < inside_bytes_; ++i) {
-      if (!owned_[i] && inside_[i] != free_byte_) return false;
+      if (!owned_[i] && inside_[i] != guard_byte_) return false;
     }
     return true;
   }
-  std::vector<uint8_t> snapshot() const { return {inside_, inside_ + inside_bytes_}; }
-  bool unchanged_since(const std::vector<uint8_t>& before) const { return snapshot() == before; }
 
  private:
-  static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
-  uint8_t* mapping_;
-  uint8_t* inside_;
-  uint8_t* data_;
-  size_t inside_bytes_, n_, elem_size_;
-  uint8_t free_byte_;
   std::vector<bool> owned_;
 };
 constexpr uint8_t kInputFree = 0xff;   // NaN
@@ -190,34 +143,19 @@ struct Case {
 };
 
 bool parse_case(const std::string& line, Case& c, std::string& problem) {
-  std::istringstream words(line);
-  std::string word;
-  while (words >> word) {
-    const size_t eq = word.find('=');
-    const std::string key = word.substr(0, eq);
-    const std::string value = eq == std::string::npos ? "" : word.substr(eq + 1);
-    char* end = nullptr;
-    const long long number = std::strtoll(value.c_str(), &end, 10);
-    const bool is_number = !value.empty() && *end == '\0';
-    if (key == "name") c.name = value;
-    else if (key == "dtype") c.dtype = value;
-    else if (key == "layout") c.layout = value;
-    else if (key == "B" && is_number) c.B = number;
-    else if (key == "H" && is_number) c.H = number;
-    else if (key == "Tq" && is_number) c.Tq = static_cast<int>(number);
-    else if (key == "Tk" && is_number) c.Tk = static_cast<int>(number);
-    else if (key == "D" && is_number) c.D = static_cast<int>(number);
-    else if (key == "invalid" && is_number) c.invalid = number != 0;
-    else if (key == "seed" && is_number) c.seed = static_cast<uint64_t>(number);
-    else {
-      problem = "bad case word '" + word + "'";
-      return false;
-    }
-  }
-  if (c.dtype != "f32" && c.dtype != "f16" && c.dtype != "bf16") {
-    problem = "dtype must be f32, f16 or bf16";
-    return false;
-  }
+  auto set = [&c](const std::string& key, const std::string& value, const long long* number) {
+    if (key == "layout") c.layout = value;
+    else if (number == nullptr) return false;
+    else if (key == "B") c.B = *number;
+    else if (key == "H") c.H = *number;
+    else if (key == "Tq") c.Tq = static_cast<int>(*number);
+    else if (key == "Tk") c.Tk = static_cast<int>(*number);
+    else if (key == "D") c.D = static_cast<int>(*number);
+    else if (key == "invalid") c.invalid = *number != 0;
+    else return false;
+    return true;
+  };
+  if (!harness::parse_words(line, c, problem, set)) return false;
   if (c.layout != "contig" && c.layout != "qkv" && c.layout != "cache" && c.layout != "padded") {
     problem = "layout must be contig, qkv, cache or padded";
     return false;
@@ -232,21 +170,6 @@ bool parse_case(const std::string& line, Case& c, std::string& problem) {
   }
   return true;
 }
-
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string format(const char* fmt, ...) {
-  char text[512];
-  va_list args;
-  va_start(args, fmt);
-  std::vsnprintf(text, sizeof text, fmt, args);
-  va_end(args);
-  return text;
-}
-
-#define CHECK(condition, ...)                     \
-  do {                                            \
-    if (!(condition)) return format(__VA_ARGS__); \
-  } while (0)
 
 // The largest |got - want| / tolerance of the running case, and where (--verbose prints it).
 double worst_ratio = 0;
@@ -351,6 +274,25 @@ struct Problem {
   }
 };
 
+// What a launcher ("forward", "backward") returned and wrote: cudaErrorInvalidValue for an
+// invalid problem, else success, and nothing outside the elements of the outputs and of
+// `stats` (lse, delta). "" when all is well.
+std::string check_call(const char* what, cudaError_t e, bool invalid,
+                       const std::vector<Buffer*>& outputs, const Buffer& stats,
+                       const char* stats_name) {
+  if (invalid) {
+    CHECK(e == cudaErrorInvalidValue, "%s of an invalid problem returned %d, want %d", what,
+          static_cast<int>(e), static_cast<int>(cudaErrorInvalidValue));
+  } else {
+    CHECK(e == cudaSuccess, "%s returned error %d", what, static_cast<int>(e));
+  }
+  for (const Buffer* b : outputs) {
+    CHECK(b->free_bytes_intact(), "%s wrote outside the elements of an output", what);
+  }
+  CHECK(stats.free_bytes_intact(), "%s wrote outside %s", what, stats_name);
+  return "";
+}
+
 // Runs forward then backward for one case; returns "" when every check passes.
 template <typename T> std::string run_case(const Case& c) {
   const int64_t B = c.B, H = c.H, BH = B * H;
@@ -403,16 +345,8 @@ template <typename T> std::string run_case(const Case& c) {
   cudaError_t e = toykernels::attention_forward(
       dtype_of<T>(), pr.q.data<T>(), pr.q.s, pr.k.data<T>(), pr.k.s, pr.v.data<T>(), pr.v.s,
       pr.out.data<T>(), pr.out.s, lse.data<float>(), B, H, Tq, Tk, D, scale, nullptr);
-  if (c.invalid) {
-    CHECK(e == cudaErrorInvalidValue, "forward of an invalid problem returned %d, want %d",
-          static_cast<int>(e), static_cast<int>(cudaErrorInvalidValue));
-  } else {
-    CHECK(e == cudaSuccess, "forward returned error %d", static_cast<int>(e));
-  }
-  for (Buffer* b : outputs) {
-    CHECK(b->free_bytes_intact(), "forward wrote outside the elements of an output");
-  }
-  CHECK(lse.free_bytes_intact(), "forward wrote outside lse");
+  std::string problem = check_call("forward", e, c.invalid, outputs, lse, "lse");
+  if (!problem.empty()) return problem;
   CHECK(inputs_unchanged(), "forward changed an input");
 
   // ---- backward, from the kernel's out and lse ----
@@ -422,16 +356,8 @@ template <typename T> std::string run_case(const Case& c) {
       pr.v.data<T>(), pr.v.s, pr.out.data<T>(), pr.out.s, lse.data<float>(), delta.data<float>(),
       pr.dq.data<T>(), pr.dq.s, pr.dk.data<T>(), pr.dk.s, pr.dv.data<T>(), pr.dv.s, B, H, Tq, Tk, D,
       scale, nullptr);
-  if (c.invalid) {
-    CHECK(e == cudaErrorInvalidValue, "backward of an invalid problem returned %d, want %d",
-          static_cast<int>(e), static_cast<int>(cudaErrorInvalidValue));
-  } else {
-    CHECK(e == cudaSuccess, "backward returned error %d", static_cast<int>(e));
-  }
-  for (Buffer* b : outputs) {
-    CHECK(b->free_bytes_intact(), "backward wrote outside the elements of an output");
-  }
-  CHECK(delta.free_bytes_intact(), "backward wrote outside delta");
+  problem = check_call("backward", e, c.invalid, outputs, delta, "delta");
+  if (!problem.empty()) return problem;
   CHECK(inputs_unchanged() && pr.out.buffer->unchanged_since(out0) && lse.unchanged_since(lse0),
         "backward changed an input");
   if (c.invalid) {  // nothing written: every output element still NaN bytes
@@ -586,17 +512,22 @@ template <typename T> std::string run_case(const Case& c) {
   return "";
 }
 
-std::string current_case = "?";
+std::string run_one(const Case& c) {
+  worst_ratio = 0;
+  worst_where = "-";
+  if (c.dtype == "f32") return run_case<float>(c);
+  if (c.dtype == "f16") return run_case<__half>(c);
+  return run_case<__nv_bfloat16>(c);
+}
 
-void report_fault(const char* what) {
-  std::printf("FAIL %s: %s\n", current_case.c_str(), what);
-  std::fflush(stdout);
+// --verbose: the "ok" line adds the case's largest error / tolerance and where
+std::string worst_note() {
+  return harness::format(" (largest error / tolerance: %.3g, %s)", worst_ratio, worst_where.c_str());
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  emu::catch_memory_faults(report_fault);
   bool report_launches = false, verbose = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -609,41 +540,5 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  long cases = 0, failures = 0;
-  std::string line;
-  while (std::getline(std::cin, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos || line[0] == '#') continue;
-    Case c;
-    std::string problem;
-    const long errors_before = emu::error_count();
-    if (parse_case(line, c, problem)) {
-      current_case = c.name;
-      worst_ratio = 0;
-      worst_where = "-";
-      emu::seed(c.seed);
-      if (c.dtype == "f32") problem = run_case<float>(c);
-      else if (c.dtype == "f16") problem = run_case<__half>(c);
-      else problem = run_case<__nv_bfloat16>(c);
-    }
-    if (emu::error_count() != errors_before) {  // the likelier cause of whatever else failed
-      const std::string then = problem.empty() ? "" : "; then " + problem;
-      problem = std::string("emulator error: ") + emu::last_error() + then;
-    }
-    ++cases;
-    if (problem.empty()) {
-      if (verbose) {
-        std::printf("ok %s (largest error / tolerance: %.3g, %s)\n", c.name.c_str(), worst_ratio,
-                    worst_where.c_str());
-      } else {
-        std::printf("ok %s\n", c.name.c_str());
-      }
-    } else {
-      ++failures;
-      std::printf("FAIL %s: %s\n", c.name.c_str(), problem.c_str());
-    }
-    std::fflush(stdout);
-  }
-  std::printf("done cases=%ld failures=%ld emu_errors=%ld\n", cases, failures, emu::error_count());
-  if (report_launches) emu::report_launches();
-  return failures > 0 || emu::error_count() > 0;
+  return harness::run_cases(parse_case, run_one, report_launches, verbose ? worst_note : nullptr);
 }

@@ -36,105 +36,45 @@
 //   - inputs unchanged; no emulator error (emu::error) during the case.
 
 #include <cmath>
-#include <cstdarg>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <iostream>
 #include <random>
-#include <sstream>
 #include <string>
-#include <type_traits>
 #include <vector>
-
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "emu.h"
+#include "harness.h"
 #include "layernorm.h"
 
 using toykernels::DType;
 
 namespace {
 
-// ---- element types ----
-template <typename T> float to_float(T v);
-template <> float to_float<float>(float v) { return v; }
-template <> float to_float<__half>(__half v) { return __half2float(v); }
-template <> float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> T from_float(float v);
-template <> float from_float<float>(float v) { return v; }
-template <> __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using harness::from_float;
+using harness::to_float;
+using harness::unit_roundoff;
 
 template <typename T> DType dtype_of();
 template <> DType dtype_of<float>() { return DType::Float32; }
 template <> DType dtype_of<__half>() { return DType::Float16; }
 template <> DType dtype_of<__nv_bfloat16>() { return DType::BFloat16; }
 
-// Unit roundoff of T: the relative error of rounding a result to T.
-template <typename T> double unit_roundoff() {
-  if (std::is_same<T, float>::value) return std::ldexp(1.0, -24);
-  if (std::is_same<T, __half>::value) return std::ldexp(1.0, -11);
-  return std::ldexp(1.0, -8);
-}
 // The error allowed on top of the output rounding, relative to the scale of the terms: fp32
 // arithmetic in a different order than the float64 reference.
 constexpr double kFp32Margin = 1e-5;
 constexpr double kSumMargin = 4e-5;  // dweight/dbias: fp32 sums over up to a few hundred rows
 
 // ---- buffers ----
-// A stand-in for a device allocation, in a mapping of its own between two inaccessible pages.
-// The data starts 256-byte aligned plus `misalign` elements (cudaMalloc gives 256) and ends
-// less than 256 bytes below the upper page, so an access much past either end faults; the
-// bytes around the data (at least 256 below it) hold a guard pattern.
-class Buffer {
+// A guarded buffer (harness.h): data starts as NaN (0xff bytes), the bytes around it hold
+// guard_byte.
+class Buffer : public harness::GuardedBuffer {
  public:
   Buffer(size_t n, size_t elem_size, int misalign, uint8_t guard_byte)
-      : n_(n), elem_size_(elem_size), guard_byte_(guard_byte) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t span = round_up((misalign + n) * elem_size, 256);
-    inside_bytes_ = round_up(256 + span, page);
-    mapping_ = static_cast<uint8_t*>(mmap(nullptr, inside_bytes_ + 2 * page, PROT_READ | PROT_WRITE,
-                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (mapping_ == MAP_FAILED || mprotect(mapping_, page, PROT_NONE) != 0 ||
-        mprotect(mapping_ + page + inside_bytes_, page, PROT_NONE) != 0) {
-      std::perror("harness: mmap");
-      std::exit(2);
-    }
-    inside_ = mapping_ + page;
-    data_ = inside_ + inside_bytes_ - span + misalign * elem_size;
-    std::memset(inside_, guard_byte, inside_bytes_);
+      : GuardedBuffer(n, elem_size, misalign, guard_byte) {
     fill(0xff);
   }
-  ~Buffer() { munmap(mapping_, inside_bytes_ + 2 * static_cast<size_t>(sysconf(_SC_PAGESIZE))); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-
-  template <typename T = void> T* data() { return reinterpret_cast<T*>(data_); }
-  void fill(uint8_t byte) { std::memset(data_, byte, n_ * elem_size_); }  // 0xff: NaN
-  // every byte around the data still holds the guard pattern
-  bool guards_intact() const {
-    for (const uint8_t* p = inside_; p < data_; ++p) if (*p != guard_byte_) return false;
-    for (const uint8_t* p = data_ + n_ * elem_size_; p < inside_ + inside_bytes_; ++p) {
-      if (*p != guard_byte_) return false;
-    }
-    return true;
-  }
-  std::vector<uint8_t> snapshot() const { return {inside_, inside_ + inside_bytes_}; }
-  bool unchanged_since(const std::vector<uint8_t>& before) const { return snapshot() == before; }
-
- private:
-  static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
-  uint8_t* mapping_;
-  uint8_t* inside_;  // the accessible bytes: guard, data, guard
-  uint8_t* data_;
-  size_t inside_bytes_, n_, elem_size_;
-  uint8_t guard_byte_;
 };
 constexpr uint8_t kInputGuard = 0xff;   // NaN
 constexpr uint8_t kOutputGuard = 0xab;  // checked after the call
@@ -150,53 +90,21 @@ struct Case {
 };
 
 bool parse_case(const std::string& line, Case& c, std::string& problem) {
-  std::istringstream words(line);
-  std::string word;
-  while (words >> word) {
-    const size_t eq = word.find('=');
-    const std::string key = word.substr(0, eq);
-    const std::string value = eq == std::string::npos ? "" : word.substr(eq + 1);
-    char* end = nullptr;
-    const long long number = std::strtoll(value.c_str(), &end, 10);
-    const bool is_number = !value.empty() && *end == '\0';
-    if (key == "name") c.name = value;
-    else if (key == "dtype") c.dtype = value;
-    else if (key == "rows" && is_number) c.rows = number;
-    else if (key == "C" && is_number) c.C = static_cast<int>(number);
-    else if (key == "fused" && is_number) c.fused = number != 0;
-    else if (key == "weight" && is_number) c.weight = number != 0;
-    else if (key == "bias" && is_number) c.bias = number != 0;
-    else if (key == "misalign" && is_number) c.misalign = number != 0;
-    else if (key == "wmisalign" && is_number) c.wmisalign = number != 0;
-    else if (key == "sms" && is_number) c.sms = static_cast<int>(number);
-    else if (key == "seed" && is_number) c.seed = static_cast<uint64_t>(number);
-    else {
-      problem = "bad case word '" + word + "'";
-      return false;
-    }
-  }
-  if (c.dtype != "f32" && c.dtype != "f16" && c.dtype != "bf16") {
-    problem = "dtype must be f32, f16 or bf16";
-    return false;
-  }
-  return true;
+  auto set = [&c](const std::string& key, const std::string&, const long long* number) {
+    if (number == nullptr) return false;
+    if (key == "rows") c.rows = *number;
+    else if (key == "C") c.C = static_cast<int>(*number);
+    else if (key == "fused") c.fused = *number != 0;
+    else if (key == "weight") c.weight = *number != 0;
+    else if (key == "bias") c.bias = *number != 0;
+    else if (key == "misalign") c.misalign = *number != 0;
+    else if (key == "wmisalign") c.wmisalign = *number != 0;
+    else if (key == "sms") c.sms = static_cast<int>(*number);
+    else return false;
+    return true;
+  };
+  return harness::parse_words(line, c, problem, set);
 }
-
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string format(const char* fmt, ...) {
-  char text[512];
-  va_list args;
-  va_start(args, fmt);
-  std::vsnprintf(text, sizeof text, fmt, args);
-  va_end(args);
-  return text;
-}
-
-// The first failed check of a case ends it with its message.
-#define CHECK(condition, ...)                         \
-  do {                                                \
-    if (!(condition)) return format(__VA_ARGS__);     \
-  } while (0)
 
 // `got` within `tol` of `want`; false for NaN.
 bool close(double got, double want, double tol) { return std::fabs(got - want) <= tol; }
@@ -336,18 +244,15 @@ template <typename T> std::string run_case(const Case& c) {
   return "";
 }
 
-std::string current_case = "?";
-
-// A memory fault ends the process: the case it happened in fails with where it was.
-void report_fault(const char* what) {
-  std::printf("FAIL %s: %s\n", current_case.c_str(), what);
-  std::fflush(stdout);
+std::string run_one(const Case& c) {
+  if (c.dtype == "f32") return run_case<float>(c);
+  if (c.dtype == "f16") return run_case<__half>(c);
+  return run_case<__nv_bfloat16>(c);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  emu::catch_memory_faults(report_fault);
   bool report_launches = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -360,34 +265,5 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  long cases = 0, failures = 0;
-  std::string line;
-  while (std::getline(std::cin, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos || line[0] == '#') continue;
-    Case c;
-    std::string problem;
-    const long errors_before = emu::error_count();
-    if (parse_case(line, c, problem)) {
-      current_case = c.name;
-      emu::seed(c.seed);
-      if (c.dtype == "f32") problem = run_case<float>(c);
-      else if (c.dtype == "f16") problem = run_case<__half>(c);
-      else problem = run_case<__nv_bfloat16>(c);
-    }
-    if (emu::error_count() != errors_before) {  // the likelier cause of whatever else failed
-      const std::string then = problem.empty() ? "" : "; then " + problem;
-      problem = std::string("emulator error: ") + emu::last_error() + then;
-    }
-    ++cases;
-    if (problem.empty()) {
-      std::printf("ok %s\n", c.name.c_str());
-    } else {
-      ++failures;
-      std::printf("FAIL %s: %s\n", c.name.c_str(), problem.c_str());
-    }
-    std::fflush(stdout);
-  }
-  std::printf("done cases=%ld failures=%ld emu_errors=%ld\n", cases, failures, emu::error_count());
-  if (report_launches) emu::report_launches();
-  return failures > 0 || emu::error_count() > 0;
+  return harness::run_cases(parse_case, run_one, report_launches);
 }

@@ -1,0 +1,285 @@
+"""What the drivers (emulate_layernorm.py, emulate_attention.py) share: building an emulator
+binary from a .cu file and its harness, running cases on it in parallel processes and reading
+what the harness reports, and the drivers' command line. See README.md.
+
+A driver defines its Case (a HarnessCase), its case sets, a build() that calls build() here
+with its harness, and main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas"]
+if platform.machine() in ("x86_64", "AMD64"):
+    CXXFLAGS.append("-fcf-protection=none")  # no shadow stack: the fibers switch stacks by longjmp
+# The kernel source only: a GPU faults on a load or store misaligned for its type (a 16-byte
+# pack at an 8-byte address); x86 mostly does not, so such an access traps here (SIGILL).
+KERNEL_CXXFLAGS = ["-fsanitize=alignment", "-fsanitize-undefined-trap-on-error"]
+FAULT_STATUS = 3  # the harness's exit status after a memory fault (emu::catch_memory_faults)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def find_cxx() -> str | None:
+    """$CXX, else g++ on the PATH."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+def build(
+    source: Path,
+    out_dir: Path,
+    name: str,
+    runtime_sources: Sequence[str],
+    cxx: str = "g++",
+    runtime_from: Path | None = None,
+    kernel_flags: Sequence[str] = (),
+) -> Path:
+    """Transforms `source` (a .cu file; its folder holds the headers it includes), compiles it
+    with the runtime sources (files of this folder: the emulator and the harness) and links
+    out_dir/<name>, which it returns.
+
+    runtime_from: an earlier build's folder whose runtime objects are linked instead of
+    compiling them again (they do not depend on the .cu file).
+    kernel_flags: compiler flags for the kernel source, after KERNEL_CXXFLAGS.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    transformed = out_dir / f"{name}.cpp"
+    cmd = [sys.executable, str(HERE / "transform.py"), str(source), str(transformed)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"transform.py failed:\n{result.stderr}")
+
+    def obj(folder: Path, unit: str) -> Path:
+        return folder / Path(unit).with_suffix(".o").name
+
+    units = {transformed: obj(out_dir, transformed.name)}
+    if runtime_from is None:
+        units.update({HERE / unit: obj(out_dir, unit) for unit in runtime_sources})
+        objects = list(units.values())
+    else:
+        objects = [units[transformed], *(obj(runtime_from, unit) for unit in runtime_sources)]
+    includes = ["-I", str(HERE / "shim"), "-I", str(HERE), "-I", str(source.resolve().parent)]
+    jobs = {}  # the units compile side by side
+    for unit, target in units.items():
+        flags = CXXFLAGS + (KERNEL_CXXFLAGS + list(kernel_flags) if unit == transformed else [])
+        cmd = [cxx, *flags, *includes, "-c", str(unit), "-o", str(target)]
+        jobs[unit] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    for unit, job in jobs.items():
+        output = job.communicate()[0]
+        if job.returncode != 0:
+            raise BuildError(f"{cxx} failed on {unit.name}:\n{output[-6000:]}")
+    binary = out_dir / name
+    cmd = [cxx, *map(str, objects), "-o", str(binary)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"link failed:\n{result.stderr[-6000:]}")
+    return binary
+
+
+def planted_copy(source: Path, old: str, new: str, folder: Path) -> Path | None:
+    """Copies the folder of `source` (the .cu file and its headers) to folder/csrc, replaces
+    `old` with `new` in the copy of `source` and returns that copy; None when `source` does not
+    hold `old` exactly once (it has changed since the bug was written)."""
+    text = source.read_text()
+    if text.count(old) != 1:
+        return None
+    shutil.copytree(source.parent, folder / "csrc")
+    copy = folder / "csrc" / source.name
+    copy.write_text(text.replace(old, new))
+    return copy
+
+
+class HarnessCase:
+    """The base of a driver's Case (a frozen dataclass with a `name` property, unique within a
+    run, and a `cost()`: its rough emulation time, to share the cases out evenly)."""
+
+    def line(self) -> str:
+        """The harness's input line; the seed is the name's CRC, so a case always sees the same
+        inputs and schedule, whatever runs before it."""
+        fields = {
+            k: int(v) if isinstance(v, bool) else v for k, v in dataclasses.asdict(self).items()
+        }
+        words = [f"name={self.name}", *(f"{k}={v}" for k, v in fields.items())]
+        return " ".join([*words, f"seed={zlib.crc32(self.name.encode())}"])
+
+
+def parse_case(case_type: type, words: str):
+    """A case_type from "dtype=f16 C=768 fused=1 ..." (its fields; bools as 0 or 1)."""
+    types = {f.name: f.type for f in dataclasses.fields(case_type)}  # names: "str", "int", "bool"
+    fields = {}
+    for word in words.split():
+        key, _, value = word.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown case field {key!r}; fields: {', '.join(types)}")
+        convert = {"str": str, "int": int, "bool": lambda v: v not in ("0", "false")}[types[key]]
+        fields[key] = convert(value)
+    return case_type(**fields)
+
+
+@dataclasses.dataclass
+class Result:
+    cases: int = 0  # cases that ran
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> first problem
+    emu_errors: int = 0
+    launches: dict[str, int] = dataclasses.field(default_factory=dict)  # kernel -> launches
+    stderr: str = ""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        counts = f"{len(self.failures)} failed, {self.emu_errors} emulator errors"
+        lines = [f"{self.cases} cases, {counts}, {self.seconds:.1f} s"]
+        lines += [f"FAIL {name}: {problem}" for name, problem in self.failures.items()]
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        """The summary and the end of the harnesses' stderr (a failed test's message)."""
+        return self.summary() + "\n" + self.stderr[-3000:]
+
+    def never_launched(self) -> list[str]:
+        """The kernel instantiations in the binary that no case launched."""
+        return sorted(kernel for kernel, count in self.launches.items() if count == 0)
+
+    def passed(self, cases: int) -> bool:
+        """All `cases` ran, none failed and the emulator reported no error."""
+        return not self.failures and self.emu_errors == 0 and self.cases == cases
+
+
+def _run_group(binary: Path, cases: list, flags: Sequence[str], timeout: float | None) -> Result:
+    """Runs the cases on one harness process; after a crash, the rest on a fresh one."""
+    result = Result()
+    cmd = [str(binary), *flags, "--report-launches"]
+    while cases:
+        lines = "".join(c.line() + "\n" for c in cases)
+        proc = subprocess.run(cmd, input=lines, capture_output=True, text=True, timeout=timeout)
+        result.stderr += proc.stderr
+        reported = set()
+        done = False
+        for line in proc.stdout.splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "ok":
+                reported.add(rest.split(" ")[0])
+            elif word == "FAIL":
+                name, _, problem = rest.partition(": ")
+                reported.add(name)
+                result.failures[name] = problem
+            elif word == "done":
+                done = True
+                fields = dict(kv.split("=") for kv in rest.split())
+                result.emu_errors += int(fields["emu_errors"])
+            elif word == "launched":
+                count, _, kernel = rest.partition(" ")
+                result.launches[kernel] = result.launches.get(kernel, 0) + int(count)
+        result.cases += len(reported)
+        if done:
+            break
+        # A crash. Exit status 3: the fault handler has printed the FAIL line of the case it
+        # happened in (the last line); otherwise the case after the last line is to blame.
+        # The cases after it go to a fresh process.
+        last = max((k for k, c in enumerate(cases) if c.name in reported), default=-1)
+        crashed = last if proc.returncode == FAULT_STATUS and last >= 0 else last + 1
+        if crashed == last + 1:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            name = cases[crashed].name if crashed < len(cases) else "(after the last case)"
+            result.failures[name] = f"the harness crashed (exit status {proc.returncode}): {tail}"
+            result.cases += crashed < len(cases)
+        cases = cases[crashed + 1 :]
+    return result
+
+
+def run(
+    binary: Path,
+    cases: list,
+    jobs: int = 2,
+    timeout: float | None = None,
+    flags: Sequence[str] = (),
+) -> Result:
+    """Runs the cases on `jobs` harness processes side by side (the harness's command-line
+    flags: `flags` and --report-launches) and merges what they report."""
+    start = time.perf_counter()
+    names = [c.name for c in cases]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"cases with the same name: {sorted(duplicates)}")
+    groups: list[list] = [[] for _ in range(max(1, min(jobs, len(cases))))]
+    loads = [0] * len(groups)
+    for case in sorted(cases, key=lambda c: c.cost(), reverse=True):  # biggest first, to the
+        k = loads.index(min(loads))  # least loaded group
+        groups[k].append(case)
+        loads[k] += case.cost()
+    with ThreadPoolExecutor(len(groups)) as pool:
+        parts = list(pool.map(lambda g: _run_group(binary, g, flags, timeout), groups))
+    merged = Result(seconds=time.perf_counter() - start)
+    for part in parts:
+        merged.cases += part.cases
+        merged.emu_errors += part.emu_errors
+        merged.stderr += part.stderr
+        for kernel, count in part.launches.items():
+            merged.launches[kernel] = merged.launches.get(kernel, 0) + count
+    for name in names:  # in case order
+        for part in parts:
+            if name in part.failures:
+                merged.failures[name] = part.failures[name]
+    return merged
+
+
+def argument_parser(doc: str, default_source: Path, case_example: str) -> argparse.ArgumentParser:
+    """The drivers' command line: --source, --jobs, --case, --build-dir."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--source", type=Path, default=default_source, help=f"the {default_source.name} to emulate")
+    add("--jobs", type=int, default=os.cpu_count() or 2, help="harness processes side by side")
+    add("--case", action="append", help=f"only this case (repeatable): '{case_example}'")
+    add("--build-dir", type=Path, help="build here (and keep it) instead of a temporary folder")
+    return parser
+
+
+def main(
+    args: argparse.Namespace,
+    case_type: type,
+    full_sweep: Callable[[], list],
+    build: Callable[[Path, Path, str], Path],
+    runs: Sequence[tuple[str, Sequence[str]]] = (("", ()),),
+) -> int:
+    """A driver's main: builds the emulator from args.source, runs args.case (else the full
+    sweep) once per (label, harness flags) in `runs`, prints a summary of each, and returns the
+    exit status (1 when a case failed, 2 without a compiler)."""
+    cxx = find_cxx()
+    if cxx is None:
+        print("no C++ compiler: set CXX or install g++", file=sys.stderr)
+        return 2
+    cases = [parse_case(case_type, c) for c in args.case] if args.case else full_sweep()
+    with tempfile.TemporaryDirectory(prefix="cuda_emu_") as tmp:
+        out_dir = args.build_dir or Path(tmp)
+        start = time.perf_counter()
+        binary = build(args.source, out_dir, cxx)
+        print(f"built {binary} from {args.source} in {time.perf_counter() - start:.1f} s")
+        failed = False
+        for label, flags in runs:
+            result = run(binary, cases, jobs=args.jobs, flags=flags)
+            print(f"{label}{result.summary()}")
+            never = result.never_launched()
+            if never and not args.case:
+                print("kernels never launched:", ", ".join(never))
+            failed |= not result.passed(len(cases))
+    return 1 if failed else 0
