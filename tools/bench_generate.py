@@ -6,6 +6,9 @@ identical before anything is timed. Reported: tokens/s (medians over --repeats),
     toygpt / transformers at 128 new tokens        (goal >= 1.5)
     toygpt cache / toygpt no cache at 256 new tokens  (goal >= 5)
 The timings include the prefill of the prompt, as a user waiting for text sees them.
+Also printed: the memory floor, the bytes of weights a decoding step reads over the bandwidth of
+a plain sum over 512 MiB measured in the same run, and the largest ratio to transformers that
+floor allows.
 
 CUDA mode (`--device cuda`): bf16, batch 1 and 32, toygpt tokens/s (new tokens over all rows per
 second), appended to benchmarks/results/generate.csv with GPU, torch version, date and commit.
@@ -76,6 +79,15 @@ def gemv_floor(model, repeats: int) -> float:
     with torch.inference_mode():
         step()  # warm-up
         return timed(step, repeats * 5)[0]
+
+
+def stream_bandwidth(repeats: int, mib: int = 512) -> float:
+    """Bytes per second of reading a `mib` MiB fp32 tensor once (a sum), median of repeats: what
+    this machine's memory delivers to torch's threads, far beyond its caches."""
+    x = torch.ones(mib * 2**20 // 4)
+    x.sum()  # warm-up: pages touched
+    seconds = timed(x.sum, repeats * 3)[0]
+    return x.numel() * 4 / seconds
 
 
 def cpu_busy(seconds: float = 1.0) -> float | None:
@@ -151,6 +163,13 @@ def bench_cpu(args):
     floor = gemv_floor(model, args.repeats)
     print(f"toygpt {1e3 * t_ours / n:.1f} ms per token (prefill included); the {4 * model.config.n_layer + 1} "
           f"GEMVs of a step alone: {1e3 * floor:.1f} ms")
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                       if isinstance(m, torch.nn.Linear))
+    bandwidth = stream_bandwidth(args.repeats)
+    floor_bw = weight_bytes / bandwidth
+    print(f"memory floor: the step reads {weight_bytes / 1e6:.0f} MB of weights; at this machine's "
+          f"{bandwidth / 1e9:.1f} GB/s that is {1e3 * floor_bw:.1f} ms per token, so no fp32 decoder can beat "
+          f"transformers here by more than {t_hf / n / floor_bw:.2f}x")
     print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
     print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
 
