@@ -150,6 +150,8 @@ def main():
                         help="also time LayerNorm and attention alone: toykernels' raw fwd+bwd vs torch's ops")
     parser.add_argument("--csv", default=str(REPO / "benchmarks" / "results" / "toygrad_tensor.csv"))
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_toygrad_tensor: --device cuda but no CUDA device is visible")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
