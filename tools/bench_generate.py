@@ -65,11 +65,16 @@ def timed(fn, repeats: int):
     return statistics.median(times), result
 
 
+def decode_linears(model) -> list[torch.nn.Linear]:
+    """The Linear layers a decoding step runs on one row each: 4 per block, then lm_head."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def gemv_floor(model, repeats: int) -> float:
     """Seconds for the matmuls of one decoding step alone: every Linear of the model (4 per
     block, then lm_head) on one row, back to back, with the model's own weights and layout.
     No implementation of a step can take less; the rest of a step is everything else."""
-    linears = [(m.weight, m.bias) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [(m.weight, m.bias) for m in decode_linears(model)]
     rows = {w.shape[1]: torch.randn(1, w.shape[1]) for w, _ in linears}
 
     def step():
@@ -163,8 +168,7 @@ def bench_cpu(args):
     floor = gemv_floor(model, args.repeats)
     print(f"toygpt {1e3 * t_ours / n:.1f} ms per token (prefill included); the {4 * model.config.n_layer + 1} "
           f"GEMVs of a step alone: {1e3 * floor:.1f} ms")
-    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
-                       if isinstance(m, torch.nn.Linear))
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in decode_linears(model))
     bandwidth = stream_bandwidth(args.repeats)
     floor_bw = weight_bytes / bandwidth
     print(f"memory floor: the step reads {weight_bytes / 1e6:.0f} MB of weights; at this machine's "
