@@ -1,8 +1,10 @@
-"""Shared test fixtures: where the project's sibling data folder is."""
+"""Shared test fixtures: where the project's sibling data folder is, and fake CUDA tensors."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -22,3 +24,54 @@ def gpt2_vocab_dir() -> Path:
     if not (path / "encoder.json").is_file() or not (path / "vocab.bpe").is_file():
         pytest.skip(f"GPT-2 encoder.json / vocab.bpe not found in {path} (the repo's sibling shared/data folder)")
     return path
+
+
+class FakeCUDA:
+    """CUDA without a GPU: inside `with fake_cuda:` tensors made with device="cuda" are fake
+    (shapes, dtypes, strides and devices, no data), so the CUDA paths of the dispatcher (autocast,
+    the custom ops' fake registrations, autograd) run on a CPU-only machine.
+
+    `fake_cuda.autocast(dtype)` turns CUDA autocast on as torch.autocast("cuda", dtype) would on
+    a GPU (torch.autocast itself refuses, and disables itself, where no GPU is visible).
+    """
+
+    def __enter__(self):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self._mode = FakeTensorMode()
+        return self._mode.__enter__()
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+    @staticmethod
+    def module(module):
+        """`module` with fake CUDA parameters and buffers in place of its own (their values are
+        not needed), and requires_grad off: CPU-only torch cannot record autograd on fake CUDA
+        tensors, nor index them with Python slices (a CUDA build of torch can)."""
+        module.requires_grad_(False)
+        overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+        torch.__future__.set_overwrite_module_params_on_conversion(True)
+        try:
+            return module._apply(
+                lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cuda"))
+        finally:
+            torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+
+    @staticmethod
+    @contextmanager
+    def autocast(dtype):
+        enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        torch.set_autocast_enabled("cuda", True)
+        torch.set_autocast_dtype("cuda", dtype)
+        try:
+            yield
+        finally:
+            torch.set_autocast_enabled("cuda", enabled)
+            torch.set_autocast_dtype("cuda", previous)
+            torch.clear_autocast_cache()
+
+
+@pytest.fixture
+def fake_cuda() -> FakeCUDA:
+    return FakeCUDA()

@@ -245,7 +245,7 @@ def test_low_precision_fallback_keeps_fp32_statistics():
         (lambda: toykernels.layer_norm(torch.randn(2, 4), eps=0.0), ValueError, "eps must be"),
         (lambda: toykernels.layer_norm(torch.randn(2, 4), eps=-1e-5), ValueError, "-1e-05"),
         (lambda: toykernels.add_layer_norm(torch.randn(2, 4), torch.randn(2, 5), None, None), ValueError, "residual has shape"),
-        (lambda: toykernels.add_layer_norm(torch.randn(2, 4), torch.randn(2, 4).double(), None, None), TypeError, "residual.dtype"),
+        (lambda: toykernels.add_layer_norm(torch.randn(2, 4), torch.ones(2, 4, dtype=torch.long), None, None), TypeError, "residual.dtype is torch.int64"),
         (lambda: toykernels.LayerNorm(0), ValueError, "C must be a positive int"),
         (lambda: toykernels.LayerNorm(8, eps=0), ValueError, "eps must be"),
     ],

@@ -167,3 +167,38 @@ def test_fused_adamw_on_cpu_matches_the_for_loop(tiny_gpt):
             opt.step()
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("ac_dtype", [torch.bfloat16, torch.float16])
+def test_block_under_cuda_autocast_without_a_gpu(fake_cuda, ac_dtype):
+    # What `toygpt train --dtype bfloat16` runs on a GPU, on fake CUDA tensors: autocast's
+    # bf16/fp16 sublayer outputs meet the float32 residual stream in add_layer_norm, through
+    # toykernels' custom ops (the CUDA path), not the CPU one.
+    from toygpt.model import Block
+
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=64)
+    block = Block(cfg)
+    with fake_cuda, torch.no_grad():
+        fake_cuda.module(block)
+        x = torch.empty(2, 16, 64, device="cuda")
+        with fake_cuda.autocast(ac_dtype):
+            h = block.ln_1(x)
+            a = block.attn(h)
+            out = block(x)
+    assert (h.dtype, a.dtype, out.dtype) == (torch.float32, ac_dtype, torch.float32)
+    assert out.device.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="indexing fake CUDA tensors needs a CUDA build of torch (make cuda-build-check runs this)")
+@pytest.mark.parametrize("ac_dtype", [torch.bfloat16, torch.float16])
+def test_gpt_forward_under_cuda_autocast_without_a_gpu(fake_cuda, ac_dtype):
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=64)
+    model = GPT(cfg)
+    with fake_cuda, torch.no_grad():
+        fake_cuda.module(model)
+        idx = torch.zeros(2, 16, dtype=torch.long, device="cuda")
+        with fake_cuda.autocast(ac_dtype):
+            logits, loss = model(idx, idx)
+    assert logits.dtype == ac_dtype  # lm_head is a Linear: autocast's lower precision
+    assert loss.dtype == torch.float32  # cross_entropy is on autocast's float32 list
+    assert logits.device.type == "cuda"

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from toykernels import backend
+from toykernels import _autocast, backend
 from toykernels.reference import attention_backward_ref, attention_forward_ref, causal_mask
 
 OP_NAME = "attention"
@@ -230,6 +230,23 @@ def _backward(ctx, dout, dlse):
 _attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Under autocast F.scaled_dot_product_attention is on the lower-precision list, on CUDA and on
+# a CPU alike: q, k and v are cast to the autocast dtype. The custom op does the same (see
+# toykernels._autocast); q, k and v of different dtypes are then one dtype.
+def _autocast_kernel(device_type):
+    def attention_autocast(q, k, v, scale):
+        q, k, v = _autocast.to_lower_precision(device_type, q, k, v)
+        if not q.dtype == k.dtype == v.dtype:  # float64 is not cast: SDPA refuses the mix too
+            raise TypeError(f"causal_attention: dtypes differ under autocast: q {q.dtype}, k {k.dtype}, v {v.dtype}")
+        return _attention_forward_op(q, k, v, scale)
+
+    return attention_autocast
+
+
+for _device_type in ("cuda", "cpu"):
+    _autocast.register("attention_forward", _device_type, _autocast_kernel(_device_type))
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. the functional API
 
@@ -245,7 +262,9 @@ def _check_inputs(q, k, v):
             )
         if not t.is_floating_point():
             raise TypeError(f"causal_attention: {name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
+    # as scaled_dot_product_attention: one dtype, unless autocast casts them to one
+    autocast = q.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(q.device.type)
+    if not (q.dtype == k.dtype == v.dtype) and not autocast:
         raise TypeError(f"causal_attention: dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"causal_attention: devices differ: q {q.device}, k {k.device}, v {v.device}")

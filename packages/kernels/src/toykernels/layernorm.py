@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toykernels import backend
+from toykernels import _autocast, backend
 from toykernels.reference import layer_norm_backward_ref, layer_norm_forward_ref
 
 backend.register_op("layer_norm", ["layernorm.cu", "layernorm_bindings.cpp"])
@@ -73,14 +73,18 @@ def _check(x, weight, bias, eps, op="layer_norm"):
         raise ValueError(f"{op}: eps must be a number > 0, got {eps!r}")
 
 
-def _check_residual(x, residual, op="add_layer_norm"):
+def _check_residual(x, residual, op="add_layer_norm", same_dtype=True):
+    """residual must match x in shape and device, and in dtype where `same_dtype` (the raw
+    functions and the custom ops; the functional API promotes as torch.add does)."""
     if not isinstance(residual, Tensor):
         raise TypeError(f"{op}: residual must be a torch.Tensor, got {type(residual).__name__}")
     if residual.shape != x.shape:
         raise ValueError(
             f"{op}: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}"
         )
-    if residual.dtype != x.dtype:
+    if not residual.is_floating_point():
+        raise TypeError(f"{op}: residual.dtype is {residual.dtype}; expected a floating-point dtype")
+    if same_dtype and residual.dtype != x.dtype:
         raise TypeError(f"{op}: residual.dtype is {residual.dtype} but x.dtype is {x.dtype}")
     if residual.device != x.device:
         raise ValueError(f"{op}: residual is on {residual.device} but x is on {x.device}")
@@ -354,6 +358,35 @@ def _backward_add_layer_norm(ctx, ds, dy, dmean, drstd):
 _add_layer_norm_op.register_autograd(_backward_add_layer_norm, setup_context=_setup_add_layer_norm)
 
 
+# Under CUDA autocast F.layer_norm is on the float32 list: it computes and returns float32 for
+# float16/bfloat16 input. The custom ops do the same (see toykernels._autocast). On a CPU
+# autocast leaves F.layer_norm alone, and the ops need no kernel there.
+def _layer_norm_autocast(x, weight, bias, eps):
+    return _layer_norm_op(*_autocast.to_float32(x, weight, bias), eps)
+
+
+def _add_layer_norm_autocast(x, residual, weight, bias, eps):
+    """s = x + residual in the dtype torch.add gives; y = LayerNorm(s) in float32, as
+    `s = x + residual; F.layer_norm(s, ...)` gives under autocast.
+
+    The usual case is fused: a float32 residual stream plus a sublayer's bf16/fp16 output, so s
+    is float32 and the sublayer's output is cast up (an explicit copy of it). Only where s itself
+    is bf16/fp16 (a model cast to half precision, then autocast) do the add and a float32
+    LayerNorm run one after the other.
+    """
+    weight, bias = _autocast.to_float32(weight, bias)
+    s_dtype = torch.promote_types(x.dtype, residual.dtype)
+    if s_dtype in _autocast.REDUCED:
+        s = x + residual
+        y, mean, rstd = _layer_norm_op(s.float(), weight, bias, eps)
+        return s, y, mean, rstd
+    return _add_layer_norm_op(x.to(s_dtype), residual.to(s_dtype), weight, bias, eps)
+
+
+_autocast.register("layer_norm_fwd", "cuda", _layer_norm_autocast)
+_autocast.register("add_layer_norm_fwd", "cuda", _add_layer_norm_autocast)
+
+
 # ----------------------------------------------------------------------------------------------
 # layer 3: the functional API
 
@@ -387,7 +420,14 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Ten
     """The pre-LN block's residual add fused with the next LayerNorm -> (s, y).
 
     s = x + residual (the new residual stream), y = layer_norm(s, weight, bias, eps).
+    x and residual may differ in dtype: s gets the dtype torch.add gives them (a bf16 sublayer
+    output plus a float32 residual stream is float32), and the other one is cast to it.
     """
+    if isinstance(x, Tensor) and isinstance(residual, Tensor):
+        _check_residual(x, residual, same_dtype=False)
+        if x.is_floating_point() and x.dtype != residual.dtype:
+            s_dtype = torch.promote_types(x.dtype, residual.dtype)
+            x, residual = x.to(s_dtype), residual.to(s_dtype)  # differentiable casts
     _check(x, weight, bias, eps, op="add_layer_norm")
     _check_residual(x, residual)
     if backend.native_path("layer_norm", x):
