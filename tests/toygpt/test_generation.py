@@ -278,3 +278,38 @@ def test_text_form_never_samples_ids_the_tokenizer_lacks(tiny_gpt):
     assert "".join(model.generate(prompt="ab", max_new_tokens=4, greedy=True)) == "dddd"
     text = "".join(model.generate(prompt="ab", max_new_tokens=50, temperature=3.0, seed=0))
     assert len(text) == 50 and set(text) <= set("abcdefghij")
+
+
+def test_bf16_generation_matches_its_float64_twin(tiny_gpt):
+    # The GPU's generation path on a CPU: a model cast to bf16 (its KV cache is bf16 too), and a
+    # float32 model under bf16 autocast (its cache stays float32, the new q/k/v are bf16, so the
+    # attention gets mixed dtypes that autocast casts). Both against the float64 forward of the
+    # same bf16-rounded weights. Tolerance: logits here are at most ~0.4 in size; bf16's relative
+    # rounding (2^-9) over 3 layers gave at most 0.0026 off; we allow 0.01.
+    import copy
+
+    model = tiny_gpt(vocab_size=97, block_size=19, n_layer=3, n_head=3, n_embd=48, seed=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16))  # weights exactly representable in bf16
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ref = copy.deepcopy(model).double()
+    idx = torch.randint(0, 97, (2, 19))
+    with torch.no_grad():
+        full, _ = ref(idx)
+    for name, net, autocast in (("bf16 model", bf16, False), ("fp32 model, bf16 autocast", model, True)):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            cache = new_kv_cache(net, 2)
+            assert cache[0][0].dtype == (torch.float32 if autocast else torch.bfloat16), name
+            logits = [net.forward_cached(idx[:, :4], cache, 0)]
+            decoder = Decoder(net, cache)
+            logits += [decoder.step(idx[:, pos], pos) for pos in range(4, 19)]
+            assert logits[0].dtype == torch.bfloat16, name
+            for pos, got in zip(range(3, 19), logits):
+                torch.testing.assert_close(got.double(), full[:, pos], atol=0.01, rtol=0, msg=f"{name} at {pos}")
+            cached = net.generate(idx[:, :3], 12, greedy=True)
+            uncached = net.generate(idx[:, :3], 12, greedy=True, use_cache=False)
+        assert torch.equal(cached, uncached), name
