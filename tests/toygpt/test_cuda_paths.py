@@ -80,3 +80,20 @@ def test_mfu_peak_by_gpu_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert train.peak_flops("cuda:0") == peak
     assert train.peak_flops("cpu") is None
+
+
+def test_checkpoints_carry_the_cuda_generators_state(monkeypatch):
+    # every CUDA device's RNG state is saved beside the CPU one and restored on resume (dropout
+    # masks on a GPU come from it), and a checkpoint made on a GPU resumes on a CPU without it
+    cuda_states = [torch.arange(4, dtype=torch.uint8), torch.arange(4, 8, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda_states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    state = train._rng_state()
+    assert [torch.equal(a, b) for a, b in zip(state["cuda"], cuda_states)] == [True, True]
+    train._set_rng_state(state)
+    assert len(restored) == 2 and torch.equal(restored[1], cuda_states[1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train._set_rng_state(state)  # no GPU here: the CPU generator only, no error
+    assert len(restored) == 2
