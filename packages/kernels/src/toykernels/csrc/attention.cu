@@ -644,7 +644,10 @@ __device__ __forceinline__ void tc_rows_times_rows_t(float* out, const T (*a)[D 
 // acc[dt] += A (16 x kTcB, ld kOperandLd) times B (kTcB x D rows of `b`), for each 16-wide dt.
 template <typename T, int D>
 __device__ __forceinline__ void tc_accumulate(FragC (&acc)[D / 16], const T* a, const T (*b)[D + 8]) {
-#pragma unroll
+  // NOTE: not unrolled at D = 128. The dK/dV kernel then holds 2 x 8 accumulator fragments (128
+  // registers a thread); unrolling this loop too let ptxas hoist the next fragments' loads and
+  // reach 255 registers with 36 bytes spilled on sm_90 (242 registers, no spill, this way).
+#pragma unroll(D >= 128 ? 1 : kTcB / 16)
   for (int kk = 0; kk < kTcB / 16; ++kk) {
     FragA<T> fa;
     wmma::load_matrix_sync(fa, a + kk * 16, kOperandLd);
