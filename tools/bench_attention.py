@@ -12,6 +12,8 @@ Rows are appended to benchmarks/results/attention.csv with GPU, torch version, d
     python tools/bench_attention.py                   # full sweep, bf16, on the GPU
     python tools/bench_attention.py --quick           # two small shapes
     python tools/bench_attention.py --device cpu --quick --no-csv   # a smoke test of this script
+    python tools/bench_attention.py --shapes 16x12x1024x64,4x12x4096x64 \
+        --providers toykernels,sdpa_flash,sdpa_cudnn   # against SDPA's flash and cuDNN backends
 """
 
 from __future__ import annotations
@@ -52,12 +54,22 @@ def sdpa_flash(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def sdpa_cudnn(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 PROVIDERS = {
     "toykernels": toykernels.causal_attention,
     "naive": naive_attention,
     "sdpa_default": sdpa_default,
     "sdpa_flash": sdpa_flash,
+    "sdpa_cudnn": sdpa_cudnn,
 }
+DEFAULT_PROVIDERS = ("toykernels", "naive", "sdpa_default", "sdpa_flash")
+SDPA_PROVIDERS = ("sdpa_default", "sdpa_flash", "sdpa_cudnn")
 
 
 def flops(B, H, T, D, mode):
@@ -153,6 +165,31 @@ def git_commit():
         return "unknown"
 
 
+def usage_error(message):
+    """A command-line error: one line, exit status 2."""
+    print(f"bench_attention: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_shapes(text):
+    """'16x12x1024x64,4x12x4096x64' -> [(16, 12, 1024, 64), (4, 12, 4096, 64)] (B x H x T x D)."""
+    out = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            usage_error(f"--shapes: {item.strip()!r} is not BxHxTxD with positive integers, e.g. 16x12x1024x64")
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+def parse_providers(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PROVIDERS]
+    if unknown or not names:
+        usage_error(f"--providers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROVIDERS)}")
+    return names
+
+
 def shapes(quick, device):
     if quick or device == "cpu":
         return [(2, 4, 256, 64), (1, 4, 512, 128)] if device == "cpu" else [(16, 12, 1024, 64), (4, 12, 4096, 64)]
@@ -171,7 +208,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two shapes only")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "attention.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
+    parser.add_argument("--shapes", help="comma-separated BxHxTxD, e.g. 16x12x1024x64 (default: the sweep, or --quick's)")
+    parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
+                        help=f"comma-separated subset of {','.join(PROVIDERS)}")
     args = parser.parse_args(argv)
+    shapes_given = parse_shapes(args.shapes) if args.shapes else None
+    providers = {name: PROVIDERS[name] for name in parse_providers(args.providers)}
     dtype = DTYPES[args.dtype]
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_attention: --device cuda but no CUDA device is visible")
@@ -185,10 +227,10 @@ def main(argv=None):
     print(toykernels.backend_info(args.device))
 
     records, summary = [], []
-    for B, H, T, D in shapes(args.quick, args.device):
+    for B, H, T, D in shapes_given or shapes(args.quick, args.device):
         print(f"B={B} H={H} T={T} D={D}")
         results = {}
-        for provider, fn in PROVIDERS.items():
+        for provider, fn in providers.items():
             rows, peak = bench_shape(provider, fn, B, H, T, D, dtype, args.device, timer)
             if rows is None:
                 continue
@@ -199,7 +241,7 @@ def main(argv=None):
                                 "ms": f"{rows[mode]:.4f}", "tflops": f"{tflops:.2f}", "peak_mem_mib": f"{peak:.1f}"})
                 print(f"  {provider:13s} {mode:8s} {rows[mode]:9.3f} ms {tflops:8.2f} TFLOP/s  peak {peak:9.1f} MiB")
         if "toykernels" in results:
-            sdpa = [p for p in ("sdpa_default", "sdpa_flash") if p in results]
+            sdpa = [p for p in SDPA_PROVIDERS if p in results]
             for mode in MODES:
                 line = f"  ratio {mode:8s}"
                 if sdpa:

@@ -19,6 +19,7 @@ F.layer_norm; backward >= 50% of copy bandwidth and >= 1.3x torch.
     python tools/bench_layernorm.py --dtype bf16 --quick
     python tools/bench_layernorm.py --device cpu --quick --no-csv   # a smoke test of this script
     python tools/bench_layernorm.py --device cpu --per-call         # the cost of one small call
+    python tools/bench_layernorm.py --dtype bf16 --shapes 32768x4096 --providers toykernels,torch
 
 `--per-call` times what a GPT-2 decode step does instead: 25 LayerNorm calls on a (1, 1, 768)
 tensor, in microseconds per call, for the public API, the custom op called directly (its
@@ -47,30 +48,32 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 SHAPES = [(8192, 768), (65536, 768), (16384, 1600), (32768, 4096), (16384, 8192)]
 GOAL_SHAPES = {(32768, 4096), (16384, 8192)}
 GOALS = {"fwd": (0.85, 1.3), "bwd": (0.50, 1.3)}  # (share of copy bandwidth, speed-up vs torch)
+PROVIDERS = ("toykernels", "torch", "torch_compile")
 
 
 def torch_layer_norm(x, weight, bias):
     return F.layer_norm(x, (x.shape[-1],), weight, bias)
 
 
-def make_providers():
-    # The backward is timed by replaying one graph's backward (retain_graph=True), which
-    # compiled graphs refuse while they donate their saved buffers to the backward.
-    import torch._dynamo.config
-    import torch._functorch.config
+def make_providers(names=PROVIDERS):
+    """The providers named, in the order of PROVIDERS. torch.compile is set up only when named:
+    importing dynamo alone takes seconds."""
+    providers = {"toykernels": toykernels.layer_norm, "torch": torch_layer_norm}
+    if "torch_compile" in names:
+        # The backward is timed by replaying one graph's backward (retain_graph=True), which
+        # compiled graphs refuse while they donate their saved buffers to the backward.
+        import torch._dynamo.config
+        import torch._functorch.config
 
-    torch._functorch.config.donated_buffer = False
-    # one compile per (shape, dtype, requires_grad): well over the default limit of 8, after
-    # which dynamo would silently run the function eagerly
-    torch._dynamo.config.cache_size_limit = 64
-    if hasattr(torch._dynamo.config, "recompile_limit"):
-        torch._dynamo.config.recompile_limit = 64
-    return {
-        "toykernels": toykernels.layer_norm,
-        "torch": torch_layer_norm,
+        torch._functorch.config.donated_buffer = False
+        # one compile per (shape, dtype, requires_grad): well over the default limit of 8, after
+        # which dynamo would silently run the function eagerly
+        torch._dynamo.config.cache_size_limit = 64
+        if hasattr(torch._dynamo.config, "recompile_limit"):
+            torch._dynamo.config.recompile_limit = 64
         # dynamic=False: one specialised kernel per shape, the best case for compile
-        "torch_compile": torch.compile(torch_layer_norm, dynamic=False),
-    }
+        providers["torch_compile"] = torch.compile(torch_layer_norm, dynamic=False)
+    return {name: fn for name, fn in providers.items() if name in names}
 
 
 def bytes_moved(N, C, element_size, mode):
@@ -197,6 +200,31 @@ def per_call_latency(device, reps):
                   + f"   toykernels / torch {us['toykernels'] / us['torch']:4.1f}x")  # fmt: skip
 
 
+def usage_error(message):
+    """A command-line error: one line, exit status 2."""
+    print(f"bench_layernorm: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_shapes(text):
+    """'32768x4096,8192x768' -> [(32768, 4096), (8192, 768)]."""
+    shapes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            usage_error(f"--shapes: {item.strip()!r} is not NxC with positive integers, e.g. 32768x4096")
+        shapes.append((int(parts[0]), int(parts[1])))
+    return shapes
+
+
+def parse_providers(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PROVIDERS]
+    if unknown or not names:
+        usage_error(f"--providers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROVIDERS)}")
+    return names
+
+
 def git_commit():
     try:
         return subprocess.run(
@@ -215,7 +243,12 @@ def main(argv=None):
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "layernorm.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     parser.add_argument("--per-call", action="store_true", help="time 25 small calls instead (see above)")
+    parser.add_argument("--shapes", help="comma-separated NxC, e.g. 32768x4096 (default: the sweep, or --quick's)")
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated subset of {','.join(PROVIDERS)}")
     args = parser.parse_args(argv)
+    shapes_given = parse_shapes(args.shapes) if args.shapes else None
+    providers_given = parse_providers(args.providers)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_layernorm: --device cuda but no CUDA device is visible")
     if args.per_call:
@@ -226,13 +259,14 @@ def main(argv=None):
         shapes, reps = [(256, 768), (64, 1600)], 3
     else:
         shapes, reps = ([(8192, 768), (32768, 4096)] if args.quick else SHAPES), args.reps
+    shapes = shapes_given or shapes
 
     timer = Timer(args.device, reps)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     copy_gbps = copy_bandwidth(args.device, timer)
     meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(), "commit": git_commit()}
     print(f"# {gpu}, torch {torch.__version__}, commit {meta['commit']}, copy bandwidth {copy_gbps:.0f} GB/s")
-    providers = make_providers()
+    providers = make_providers(providers_given)
 
     records, summary = [], []
     for dtype in dtypes:
