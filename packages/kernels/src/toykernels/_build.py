@@ -7,31 +7,65 @@ disables another. The build is `torch.utils.cpp_extension.load` (ninja), which w
   capability (sm_90 on an H100/H200), so a build takes one arch's time, not all of them;
 - key the build folder by extension name, arch list, torch and Python version, so builds for
   different GPUs or torch versions never share (and never clobber) one folder;
+- find the CUDA toolkit (`find_toolkit`): cpp_extension's own guess (`$CUDA_HOME`, else the
+  folder above `which nvcc`) fails where `nvcc` on the PATH is a wrapper script, and a
+  toolkit installed without its math libraries lacks the cuBLAS/cuSPARSE/cuSOLVER headers
+  that ATen/cuda/CUDAContext.h includes; torch's own nvidia-* wheels carry those;
 - turn any failure into a `BuildError` that names the compiler's first error line and a log
-  file holding the full output.
+  file holding the full output;
+- say whether the library was really built or loaded from the cache, from the library file
+  itself (its inode, size and modification time before and after the load).
 
 Cache: `$TOYKERNELS_CACHE` if set, else torch's extensions folder (`$TORCH_EXTENSIONS_DIR`, by
 default ~/.cache/torch_extensions). Rebuilds: cpp_extension hashes the sources and the build
 flags, and ninja rebuilds the objects whose inputs changed (headers included: the compilers
 write dependency files).
 
-Two processes building at once: cpp_extension takes a file baton (`<build dir>/lock`, created
-with O_EXCL). The process that creates it builds; the others wait until the file is gone, then
-load the finished module. So the folder is never written by two compilers at once. If a build
-is killed (Ctrl-C, OOM) the lock file can stay behind and later builds wait forever: delete it.
+Two processes building at once: each takes an exclusive `flock` on `<build dir>/toykernels.lock`
+around the whole load, so the folder is never written by two compilers at once and the second
+process loads what the first built. The kernel drops a flock when its holder dies, however it
+dies (Ctrl-C, OOM killer, SIGKILL from a time limit). torch's own guard in the same folder,
+`<build dir>/lock`, is a file whose mere existence blocks in some torch versions (FileBaton,
+torch <= 2.13): a build killed half-way left it behind and every later build waited forever.
+While we hold our flock no other toykernels build of that folder is running, so such a file
+is stale by construction and is removed (with a warning naming the killed process, whose pid
+the lock file still holds).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; cpp_extension's own lock is all there is
+    fcntl = None
+
 CSRC = Path(__file__).resolve().parent / "csrc"
+
+# Compiler flags of every toykernels build (tools/cuda_build_check.py compiles with the same
+# nvcc flags for its ptxas report, so the register counts it prints are the built kernels').
+CXX_FLAGS = ["-O3"]  # the C++ standard: cpp_extension picks the one torch needs
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+
+# Headers ATen/cuda/CUDAContext.h (included by every binding) needs beyond the CUDA runtime's.
+# A toolkit installed without its math libraries lacks them; torch's nvidia-* wheels carry them.
+LIBRARY_HEADERS = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+
+LOCK_NAME = "toykernels.lock"  # ours (flock); cpp_extension's is "lock"
 
 
 class BuildError(RuntimeError):
@@ -42,6 +76,10 @@ class BuildError(RuntimeError):
         where = f"; full log at {log_path}" if log_path is not None else ""
         super().__init__(message + where)
         self.first_error = message
+
+
+class ToolkitNotFound(RuntimeError):
+    """No usable CUDA toolkit; the message says where we looked."""
 
 
 def cache_root() -> Path:
@@ -79,13 +117,337 @@ def build_dir(name: str, arches: str) -> Path:
     return cache_root() / f"toykernels_{name}" / f"{arch_label(arches)}-torch{torch_tag}-{py_tag}"
 
 
+# ----------------------------------------------------------------------------------------------
+# the compiler's first error
+
+
+# A diagnostic a person should read: gcc/clang `file:1:10: fatal error: ...`, nvcc
+# `file.cu(12): error: ...`, the linker's `undefined reference`/`cannot find -lfoo`, and the
+# loader's `undefined symbol` (an ImportError after a successful link).
+_DIAGNOSTIC = re.compile(
+    r"\b(fatal error|error)\b[^:]{0,40}:|undefined reference to|undefined symbol|cannot find -l", re.IGNORECASE
+)
+# cpp_extension's header: "Error building extension 'name': " followed, on the same line, by
+# the first line of ninja's output, which is a whole compiler command.
+_CPP_EXTENSION_HEADER = re.compile(r"^(\w+: )?Error building extension '[^']*':?\s*")
+_NINJA_PROGRESS = re.compile(r"^\[\d+/\d+\]\s")
+_COMMAND = re.compile(r"\s-[co]\s")  # a compile (-c) or link (-o) command line
+
+
+def _message_lines(log: str) -> list[str]:
+    """The log's lines that are messages, not echoed commands.
+
+    Ninja echoes each command (`[1/3] c++ -MMD ... -c /path/x.cpp`) and repeats a failed one
+    after `FAILED: target`. Those lines hold paths and flags that may contain the word "error"
+    (a folder named after a test, `-Werror`), so they are dropped before searching.
+    """
+    lines = []
+    after_failed = False
+    for raw in log.splitlines():
+        line = _CPP_EXTENSION_HEADER.sub("", raw.strip())
+        if not line:
+            continue
+        if after_failed:
+            after_failed = False
+            if _COMMAND.search(line):  # the failed command, echoed once more
+                continue
+        if line.startswith("FAILED:"):
+            after_failed = True
+            continue
+        if _NINJA_PROGRESS.match(line):
+            continue
+        lines.append(line)
+    return lines
+
+
 def first_error_line(log: str) -> str:
-    """The line a person should read first: the compiler's first `error`, else the last line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    """The line a person should read first: the compiler's first diagnostic, else the first
+    line that mentions an error, else the last line."""
+    lines = _message_lines(log)
     for line in lines:
-        if re.search(r"\berror\b", line, re.IGNORECASE) and not line.startswith("FAILED:"):
+        match = _DIAGNOSTIC.search(line)
+        if match and not re.search(r"\bwarning\b", line[: match.start()], re.IGNORECASE):
             return line
-    return lines[-1] if lines else "unknown error (empty log)"
+    for line in lines:
+        if re.search(r"\berror\b", line, re.IGNORECASE) and not line.startswith("ninja: "):
+            return line
+    if lines:
+        return lines[-1]
+    stripped = [line.strip() for line in log.splitlines() if line.strip()]
+    return stripped[-1] if stripped else "unknown error (empty log)"
+
+
+# ----------------------------------------------------------------------------------------------
+# the CUDA toolkit
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    """The CUDA toolkit a build uses, and how it was found."""
+
+    cuda_home: Path  # has bin/nvcc and include/cuda_runtime_api.h
+    nvcc: Path  # cuda_home/bin/nvcc: the compiler itself, not a wrapper in front of it
+    version: str  # from `nvcc --version`, e.g. "13.0.88"
+    found: str  # how, in words
+    extra_includes: tuple[Path, ...] = ()  # torch's nvidia-* include folders the build adds
+    added_headers: tuple[str, ...] = ()  # the LIBRARY_HEADERS those folders provide
+    missing_headers: tuple[str, ...] = ()  # LIBRARY_HEADERS found nowhere (the build will fail)
+
+    def describe(self) -> str:
+        """One line: CUDA_HOME, nvcc path and version, how found, extra include folders."""
+        text = f"CUDA_HOME={self.cuda_home}, nvcc {self.nvcc} (CUDA {self.version}), found by {self.found}"
+        if self.extra_includes:
+            folders = ", ".join(str(p) for p in self.extra_includes)
+            text += f"; extra include folders: {folders} (for {', '.join(self.added_headers)})"
+        else:
+            text += "; extra include folders: none"
+        if self.missing_headers:
+            text += f"; missing everywhere: {', '.join(self.missing_headers)}"
+        return text
+
+    def include_flags(self) -> list[str]:
+        """`-isystem DIR` per extra folder, for the C++ and the nvcc command lines.
+
+        NOTE: -isystem, not extra_include_paths (-I): -I folders are searched before the system
+        ones, and nvidia/cu13/include also carries a CUDA runtime (cuda_runtime_api.h, ...) that
+        would shadow the toolkit's. cpp_extension passes CUDA_HOME/include as -isystem ahead of
+        our flags, so the toolkit's own headers win and these folders only fill the gaps. (The
+        CUDA_INC_PATH variable cpp_extension reads does the same for a single folder.)
+        """
+        return [flag for folder in self.extra_includes for flag in ("-isystem", shlex.quote(str(folder)))]
+
+
+def _is_toolkit(home: Path) -> bool:
+    return (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime_api.h").is_file()
+
+
+def _run(cmd: list[str]) -> str:
+    """stdout and stderr of a short command, or '' when it cannot run."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout + result.stderr
+
+
+def _nvcc_install_dir(nvcc: str) -> Path | None:
+    """The toolkit that `nvcc` (perhaps a wrapper) really runs, as the real nvcc reports it.
+
+    `nvcc -dryrun` prints the settings its driver derives from its own location (`#$ TOP=...`,
+    the folder above the real binary's bin/, from which it finds cicc, ptxas and the headers)
+    and compiles nothing. Asking the compiler works for any wrapper: a symlink, a shell script
+    that `exec`s it (this project's machines), ccache, or a script that sets up an environment
+    first; parsing an `exec` line would only handle one kind, resolving symlinks another.
+    Falls back to resolving symlinks when the output names no folder.
+    """
+    output = _run([nvcc, "-dryrun", "-x", "cu", "-E", os.devnull])
+    for key in ("TOP", "_HERE_"):
+        match = re.search(rf"^#\$ {key}=(.+)$", output, re.MULTILINE)
+        if match:
+            folder = Path(match.group(1).strip()).resolve()
+            return folder.parent if key == "_HERE_" else folder
+    return Path(nvcc).resolve().parent.parent
+
+
+def _nvcc_version(nvcc: Path) -> str:
+    output = _run([str(nvcc), "--version"])
+    match = re.search(r"release [\d.]+, V([\d.]+)", output) or re.search(r"release ([\d.]+)", output)
+    return match.group(1) if match else f"unknown (`{nvcc} --version` printed {output.strip()[-200:]!r})"
+
+
+def _library_includes(cuda_home: Path, site_packages: Path | None = None):
+    """(folders to add, headers they provide, headers found nowhere) for LIBRARY_HEADERS the
+    toolkit lacks, searched in the include folders of the nvidia-* wheels beside torch
+    (site-packages/nvidia/cu13/include for CUDA 13, nvidia/cublas/include etc. for CUDA 12)."""
+    if site_packages is None:
+        site_packages = Path(torch.__file__).resolve().parent.parent
+    candidates = sorted(site_packages.glob("nvidia/*/include"))
+    folders: list[Path] = []
+    added: list[str] = []
+    missing: list[str] = []
+    for header in LIBRARY_HEADERS:
+        if (cuda_home / "include" / header).is_file():
+            continue
+        folder = next((c for c in candidates if (c / header).is_file()), None)
+        if folder is None:
+            missing.append(header)
+            continue
+        added.append(header)
+        if folder not in folders:
+            folders.append(folder)
+    return tuple(folders), tuple(added), tuple(missing)
+
+
+def find_toolkit() -> Toolkit:
+    """The CUDA toolkit toykernels builds with; raises ToolkitNotFound saying what was tried.
+
+    Order: $CUDA_HOME (or $CUDA_PATH), else cpp_extension's guess (the folder above `which
+    nvcc`, else /usr/local/cuda), when that folder holds both bin/nvcc and the runtime headers.
+    Otherwise the nvcc found there or on the PATH is a wrapper, and the toolkit is where the
+    real nvcc lives (see `_nvcc_install_dir`). Cached per environment (a few ms of nvcc calls).
+    """
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None:
+        raise ToolkitNotFound(
+            "CUDA toolkit not found: torch.utils.cpp_extension.CUDA_HOME is None "
+            f"(torch {torch.__version__}, torch.version.cuda=None: this torch was built without "
+            "CUDA; install a CUDA build of torch and set CUDA_HOME to the toolkit that has nvcc)"
+        )
+    env_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    return _find_toolkit(env_home, os.environ.get("PATH", ""), getattr(cpp_extension, "CUDA_HOME", None))
+
+
+@functools.lru_cache(maxsize=8)
+def _find_toolkit(env_home: str | None, path: str, torch_guess: str | None) -> Toolkit:
+    start = env_home or torch_guess
+    origin = "$CUDA_HOME" if env_home else "torch.utils.cpp_extension.CUDA_HOME"
+    if start and _is_toolkit(Path(start)):
+        home = Path(start).resolve()
+        found = f"{origin}={start}"
+    else:
+        in_start = Path(start) / "bin" / "nvcc" if start else None
+        nvcc_cmd = str(in_start) if in_start is not None and in_start.is_file() else shutil.which("nvcc", path=path)
+        if nvcc_cmd is None:
+            where = f"{origin}={start} has no bin/nvcc" if start else f"{origin} is None"
+            raise ToolkitNotFound(
+                f"CUDA toolkit not found: {where} and no nvcc is on the PATH "
+                f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}; "
+                "set CUDA_HOME to the toolkit that has nvcc)"
+            )
+        home = _nvcc_install_dir(nvcc_cmd)
+        if home is None or not _is_toolkit(home):
+            raise ToolkitNotFound(
+                f"CUDA toolkit not found: {nvcc_cmd} runs from {home}, which has no "
+                "bin/nvcc and include/cuda_runtime_api.h; set CUDA_HOME to the toolkit that has them"
+            )
+        found = f"asking {nvcc_cmd} where it runs from (`nvcc -dryrun`; {origin}={start} is no toolkit)"
+    nvcc = home / "bin" / "nvcc"
+    folders, added, missing = _library_includes(home)
+    return Toolkit(home, nvcc, _nvcc_version(nvcc), found, folders, added, missing)
+
+
+def toolkit_summary() -> str:
+    """`find_toolkit().describe()`, or `none: <why>` (for backend_info; compiles nothing)."""
+    try:
+        return find_toolkit().describe()
+    except ToolkitNotFound as error:
+        return f"none: {error}"
+
+
+@contextlib.contextmanager
+def _cuda_home(toolkit: Toolkit):
+    """cpp_extension's CUDA_HOME set to the toolkit's for the length of one build.
+
+    NOTE: torch.utils.cpp_extension resolves CUDA_HOME once, when it is imported, into its
+    module global `CUDA_HOME`, and every build reads that global (`_join_cuda_home`: the nvcc
+    it runs, include/ and lib64/). Setting the environment variable after that import changes
+    nothing, so where the toolkit found here differs (with a wrapper nvcc on the PATH its guess
+    is the wrapper's folder, e.g. /usr/local), the global is set for the build and put back.
+    The caller holds the build lock, and backend._load's lock keeps builds one at a time.
+    """
+    from torch.utils import cpp_extension
+
+    if not hasattr(cpp_extension, "CUDA_HOME"):
+        raise BuildError(
+            f"torch {torch.__version__}: torch.utils.cpp_extension has no CUDA_HOME; "
+            f"toykernels cannot tell it to use the toolkit in {toolkit.cuda_home}",
+            None,
+        )
+    previous = cpp_extension.CUDA_HOME
+    cpp_extension.CUDA_HOME = str(toolkit.cuda_home)
+    try:
+        yield
+    finally:
+        cpp_extension.CUDA_HOME = previous
+
+
+# ----------------------------------------------------------------------------------------------
+# the generic build: lock, load, judge
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, what: str):
+    """An exclusive flock on <folder>/toykernels.lock, held for the body (see the module docstring).
+
+    The lock file holds the holder's pid while it builds and is emptied when it is done, so a
+    pid found there by the next holder means a build that was killed half-way. The file is
+    never deleted: a process waiting on the old inode would lock a file nobody else sees.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for a live holder; a dead one holds nothing
+        killed = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        baton = folder / "lock"
+        if killed:
+            left = f"; removed its leftover {baton}" if baton.exists() else ""
+            warnings.warn(f"{what}: a build in {folder} by process {killed} was killed half-way{left}",
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        # no other toykernels build of this folder runs now, so cpp_extension's lock is stale
+        baton.unlink(missing_ok=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            # torch's own lock file stays behind in torch versions that flock it; tidy it too
+            baton.unlink(missing_ok=True)
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _library_stats(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime in ns) of every library in the folder: a relinked library differs."""
+    stats = {}
+    for library in folder.glob("*.so"):
+        st = library.stat()
+        stats[library.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stats
+
+
+def build_and_load(module_name: str, sources: list[str], folder: Path, *, extra_cflags=(),
+                   extra_cuda_cflags=(), extra_include_paths=(), note: str = ""):  # fmt: skip
+    """cpp_extension.load of `sources` into `folder` as `module_name`, under `build_lock`.
+
+    Returns (module, seconds, how): how is "built" when the library file is new or changed
+    (ninja compiled or relinked), "loaded from cache" when it is the same file as before.
+    Raises BuildError with the first error line and `folder/build.log` holding the full output.
+    `note` (e.g. the toolkit used) is added to build.log's line on success.
+    """
+    from torch.utils import cpp_extension
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "build.log"
+    with build_lock(folder, module_name):
+        before = _library_stats(folder)
+        start = time.perf_counter()
+        try:
+            module = cpp_extension.load(
+                name=module_name,
+                sources=list(sources),
+                extra_cflags=list(extra_cflags),
+                extra_cuda_cflags=list(extra_cuda_cflags),
+                extra_include_paths=list(extra_include_paths),
+                build_directory=str(folder),
+                verbose=False,
+            )
+        except Exception as error:  # compiler errors arrive as RuntimeError, link errors as ImportError
+            log = f"{type(error).__name__}: {error}\n"
+            log_path.write_text(log + (f"({note})\n" if note else ""))
+            raise BuildError(f"{module_name}: {first_error_line(log)}", log_path) from error
+        seconds = time.perf_counter() - start
+        # cpp_extension may have loaded `<name>_v1.so` (a rebuild within one process): judge
+        # the file that was really loaded
+        library = Path(module.__file__)
+        st = library.stat()
+        unchanged = before.get(library.name) == (st.st_ino, st.st_size, st.st_mtime_ns)
+        how = "loaded from cache" if unchanged else "built"
+        log_path.write_text(f"{how} {library.name} in {seconds:.1f} s{f' ({note})' if note else ''}\n")
+    return module, seconds, how
 
 
 def load_extension(name: str, sources: list[str], device: torch.device | None = None):
@@ -94,8 +456,6 @@ def load_extension(name: str, sources: list[str], device: torch.device | None = 
     Returns (module, seconds, how) where `how` is "built" or "loaded from cache".
     Raises BuildError with the compiler's first error line and the path of the full log.
     """
-    from torch.utils import cpp_extension
-
     module_name = f"toykernels_{name}"
     try:
         arches = arch_list(device)
@@ -108,44 +468,28 @@ def load_extension(name: str, sources: list[str], device: torch.device | None = 
     folder = build_dir(name, arches)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "build.log"
-    paths = [str(CSRC / s) for s in sources]
-    if cpp_extension.CUDA_HOME is None:
-        message = (
-            "CUDA toolkit not found: torch.utils.cpp_extension.CUDA_HOME is None "
-            f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}; "
-            "set CUDA_HOME to the toolkit that has nvcc)"
-        )
-        log_path.write_text(message + "\n")
-        raise BuildError(f"{module_name}: {message}", log_path)
-
-    # A fresh .so newer than every source and header means ninja will have nothing to do.
-    so = folder / f"{module_name}.so"
-    headers = [str(p) for pattern in ("*.h", "*.cuh") for p in CSRC.glob(pattern)]
-    newest_source = max(os.path.getmtime(p) for p in paths + headers)
-    how = "loaded from cache" if so.exists() and so.stat().st_mtime >= newest_source else "built"
+    try:
+        toolkit = find_toolkit()
+    except ToolkitNotFound as error:
+        log_path.write_text(f"{error}\n")
+        raise BuildError(f"{module_name}: {error}", log_path) from error
 
     previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arches  # cpp_extension reads the arch list from here
-    start = time.perf_counter()
     try:
-        module = cpp_extension.load(
-            name=module_name,
-            sources=paths,
-            extra_cflags=["-O3"],  # the C++ standard: cpp_extension picks the one torch needs
-            extra_cuda_cflags=["-O3", "-lineinfo"],
-            extra_include_paths=[str(CSRC)],
-            build_directory=str(folder),
-            verbose=False,
-        )
-    except Exception as error:  # compiler errors arrive as RuntimeError, link errors as ImportError
-        log = f"{type(error).__name__}: {error}\n"
-        log_path.write_text(log)
-        raise BuildError(f"{module_name}: {first_error_line(log)}", log_path) from error
+        with _cuda_home(toolkit):
+            module, seconds, how = build_and_load(
+                module_name,
+                [str(CSRC / s) for s in sources],
+                folder,
+                extra_cflags=CXX_FLAGS + toolkit.include_flags(),
+                extra_cuda_cflags=NVCC_FLAGS + toolkit.include_flags(),
+                extra_include_paths=[str(CSRC)],
+                note=f"for {arch_label(arches)}; toolkit: {toolkit.describe()}",
+            )
     finally:
         if previous is None:
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
         else:
             os.environ["TORCH_CUDA_ARCH_LIST"] = previous
-    seconds = time.perf_counter() - start
-    log_path.write_text(f"{how} {module_name} for {arch_label(arches)} in {seconds:.1f} s\n")
     return module, seconds, how

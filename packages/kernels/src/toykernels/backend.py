@@ -28,7 +28,14 @@ import warnings
 
 import torch
 
-from toykernels._build import BuildError, arch_label, arch_list, build_dir, load_extension
+from toykernels._build import (
+    BuildError,
+    arch_label,
+    arch_list,
+    build_dir,
+    load_extension,
+    toolkit_summary,
+)
 
 _MODES = ("auto", "torch", "cuda")
 
@@ -167,7 +174,9 @@ def _predict(op: str, device: torch.device) -> str:
 
 
 def backend_info(device: torch.device | str | None = None) -> str:
-    """Per op, which implementation runs on `device` (default: cuda if available, else cpu), and why.
+    """Per op, which implementation runs on `device` (default: cuda if available, else cpu), and why;
+    then a `toolkit:` line: the CUDA toolkit the builds use (CUDA_HOME, nvcc and its version,
+    how it was found, the extra include folders), or `toolkit: none: <why>`.
 
     Reports the last decision made for that device type when there is one (it knows about
     unsupported inputs and failed builds), else what a call would do. Never compiles anything.
@@ -179,4 +188,5 @@ def backend_info(device: torch.device | str | None = None) -> str:
     for op in sorted(_sources):
         decided = _decisions.get((op, device.type))
         lines.append(f"{op}: {decided if decided is not None else _predict(op, device)}")
+    lines.append(f"toolkit: {toolkit_summary()}")
     return "\n".join(lines)
