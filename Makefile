@@ -49,7 +49,7 @@ cuda-build-check: $(CUDA_STAMP)
 		tests/toygpt/test_model.py -k autocast
 
 demo: $(STAMP)
-	$(BIN)/toygpt-demo
+	$(BIN)/toygpt-demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check packages tests tools

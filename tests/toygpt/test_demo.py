@@ -68,3 +68,19 @@ def test_evaluate_scores_exact_matches():
     assert all(parse_answer(ans) == a + b for a, b, ans in results)
     accuracy, _ = task.evaluate(ColumnAdder(task, wrong_on_odd=True), batch_size=64)
     assert accuracy == pytest.approx(np.mean(task.test_pairs[:, 0] % 2 == 0))
+
+
+def test_the_demo_never_replaces_a_run_unasked(tmp_path, capsys):
+    from toygpt import checkpoint, demo
+
+    out = tmp_path / "run"
+    small = ["--out", str(out), "--max-iters", "2", "--batch-size", "8", "--n-test", "8", "--no-progress"]
+    assert demo.main(small) in (0, 1)  # 2 steps: far from the accuracy goal, but a run
+    assert checkpoint.exists(out / "ckpt")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert demo.main(small) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and str(out) in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert demo.main(small + ["--overwrite"]) in (0, 1)

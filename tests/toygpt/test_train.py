@@ -313,8 +313,9 @@ def test_bad_device_and_dtype_are_one_line_errors(data_dir, tmp_path, capsys):
     if not torch.cuda.is_available():
         err = _error_of(argv[:at] + ["cuda"] + argv[at + 1:], capsys)
         assert "--device cuda: CUDA is not available" in err
-    assert "unknown --dtype 'fp8'" in _error_of(argv + ["--dtype", "fp8"], capsys)
-    assert "--batch-size must be at least 1, got 0" in _error_of(argv + ["--batch-size", "0"], capsys)
+    assert "argument --dtype: must be one of auto, float32, bfloat16, float16, got 'fp8'" in _error_of(
+        argv + ["--dtype", "fp8"], capsys)
+    assert "argument --batch-size: must be at least 1, got 0" in _error_of(argv + ["--batch-size", "0"], capsys)
     assert not (tmp_path / "run").exists()
 
 

@@ -24,7 +24,7 @@ def test_demo_main_trains_and_writes_the_png(tmp_path, capsys):
 def test_demo_rejects_bad_arguments():
     result = subprocess.run([sys.executable, "-m", "toygrad.demo", "--steps", "0"],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "--steps must be >= 1, got 0" in result.stderr
+    assert result.returncode == 2 and "argument --steps: must be at least 1, got 0" in result.stderr
 
 
 def test_notebook_runs_and_reaches_full_accuracy(tmp_path):

@@ -20,12 +20,18 @@ the bottom-right mask (see `backend.native_path`), with or without grad.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from toykernels import _autocast, backend
-from toykernels.reference import attention_backward_ref, attention_forward_ref, causal_mask
+from toykernels.reference import (
+    attention_backward_ref,
+    attention_forward_ref,
+    causal_attention_ref,
+    causal_mask,
+)
 
 OP_NAME = "attention"
 SOURCES = ["attention.cu", "attention_bindings.cpp"]
@@ -145,7 +151,7 @@ def attention_forward(q, k, v, scale):
         out, lse = ext.attention_forward(q, k, v, float(scale))
         return out, lse
     aten_mask = _aten_mask(q, k, v)
-    if aten_mask is None:
+    if aten_mask is None or not math.isfinite(scale):  # ATen zeroes what a NaN scale makes NaN
         out, lse = attention_forward_ref(q, k, v, scale)
         return _as_output(out, q), lse
     is_causal, attn_mask = aten_mask
@@ -154,7 +160,12 @@ def attention_forward(q, k, v, scale):
     )
     # NOTE: ATen lays lse (B, H, Tq) out as (B, Tq, H), and with a mask out (B, H, Tq, D) as
     # (B, Tq, H, D); on a CPU ours are contiguous (no copy when they already are)
-    return out.contiguous(), lse.contiguous()
+    out, lse = out.contiguous(), lse.contiguous()
+    if _may_have_zeroed_rows(out):
+        nan_rows = _zeroed_nan_rows(out, q, k)  # (B, H, Tq, 1)
+        out = out.masked_fill(nan_rows, float("nan"))
+        lse = lse.masked_fill(nan_rows.squeeze(-1), float("nan"))  # the backward then gives NaN too
+    return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, scale):
@@ -299,6 +310,9 @@ def causal_attention(q, k, v, scale=None):
     torch.Size([1, 2, 3, 32])
     """
     _check_inputs(q, k, v)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        # float(scale) would raise for 'a' without naming the argument
+        raise TypeError(f"causal_attention: scale must be a number or None, got {type(scale).__name__} {scale!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if backend.native_path(OP_NAME, q):
         # Off CUDA, with or without grad: PyTorch's own fused attention, differentiated by
@@ -309,16 +323,48 @@ def causal_attention(q, k, v, scale=None):
 
 
 def _sdpa_bottom_right(q, k, v, scale):
-    """scaled_dot_product_attention with the bottom-right causal mask.
+    """scaled_dot_product_attention with the bottom-right causal mask, NaN where the reference
+    formulas give NaN.
 
     is_causal=True aligns its mask to the top left, which is the same thing only when Tq == Tk.
     A single query (a decoding step) is the last position and sees every key: no mask at all.
     Otherwise (prefill after a cache) an explicit boolean mask.
     """
+    if not math.isfinite(scale):  # every score is NaN or infinite: the formulas say what that gives
+        return causal_attention_ref(q, k, v, scale)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    if Tq == 1:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    mask = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk), True where attention is allowed
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    elif Tq == 1:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    else:
+        mask = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk), True where attention is allowed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if torch.compiler.is_compiling() or _may_have_zeroed_rows(out):
+        # traced: no branch on the data (fullgraph), and the compiler fuses the check
+        out = out.masked_fill(_zeroed_nan_rows(out, q, k), float("nan"))
+    return out
+
+
+# NOTE: PyTorch's CPU attention (scaled_dot_product_attention and the ATen flash op behind it)
+# returns a row of zeros, with a logsumexp of 0, where every score of the row is NaN, i.e. where
+# q's row holds a NaN or every key the row sees does (or a NaN scale, checked in Python). The
+# formulas give NaN there, and so must every path: a NaN in must not come out as a plausible 0.
+# A partly NaN row already comes out NaN. Finding the all-NaN rows exactly would read all of k,
+# as much as a decoding step's attention itself; instead, a row of zeros is the sign: a zero
+# first element of some row is rare in real activations, so the common case costs one strided
+# compare over B * H * Tq numbers. Such a row is NaN when q's row is not finite or key 0 (which
+# every row sees) is not: were only some of its keys NaN, the row would have come out NaN.
+
+
+def _may_have_zeroed_rows(out: torch.Tensor) -> bool:
+    """Whether some output row might be one that PyTorch zeroed for a NaN row of scores."""
+    return not bool(out[..., 0].all())  # one reduction, no temporary: 4 us at (1, 12, 1, 64)
+
+
+def _zeroed_nan_rows(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, H, Tq, 1) True for rows of out that PyTorch zeroed where the formulas give NaN."""
+    zero = (out == 0).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+    q_bad = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+    k0_bad = ~torch.isfinite(k[:, :, :1]).all(dim=-1, keepdim=True)  # (B, H, 1, 1)
+    return zero & (q_bad | k0_bad)

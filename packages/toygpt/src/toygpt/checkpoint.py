@@ -13,6 +13,8 @@ and so are the batches (data.batch_offsets), so the step is all a resumed run ne
 Atomic save: everything is written into a temporary sibling directory, which is then renamed into
 place (the old checkpoint is first renamed aside and only deleted afterwards). A crash at any point
 leaves either the old or the new checkpoint whole; `resolve` finds the one that survived.
+`remove` (a run started afresh with --overwrite) renames both aside before deleting them, the
+crash-window copy first, so no crash brings an older checkpoint back.
 """
 
 from __future__ import annotations
@@ -77,16 +79,61 @@ def resolve(path: str | Path) -> Path:
     return path
 
 
+def exists(path: str | Path) -> bool:
+    """Whether `path` holds a checkpoint, or a crash mid-save left one renamed aside."""
+    return (resolve(path) / STATE_FILE).is_file()
+
+
+def remove(path: str | Path) -> None:
+    """Delete checkpoint `path` and any copy a crash mid-save left aside.
+
+    Each is renamed to a name `resolve` never looks at before it is deleted (a crash mid-delete
+    must not leave half a checkpoint that loads), and the crash-window copy goes first: were
+    `path` to go first, a crash between the two would make `resolve` bring the older one back.
+    """
+    path = Path(path)
+    for victim in (path.with_name(f".{path.name}.old"), path):
+        if victim.exists():
+            trash = path.with_name(f".{path.name}.removed{os.getpid()}")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(victim, trash)
+            _fsync_dir(path.parent)
+            shutil.rmtree(trash, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.removed*"):  # left by a crash in an earlier remove
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _read_state(state_path: Path, mmap: bool = False) -> dict:
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated zip, garbage bytes, ...: all mean the same to the user
+        raise ToyGPTError(f"checkpoint file {state_path} is corrupt or truncated ({type(e).__name__})") from None
+
+
 def load_state(path: str | Path) -> dict:
     """The trainer state of checkpoint `path`, after checking every file against it."""
     path = resolve(path)
     state_path = path / STATE_FILE
     if not state_path.is_file():
         raise ToyGPTError(f"no checkpoint at {path} ({STATE_FILE} not found)")
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, ...: all mean the same to the user
-        raise ToyGPTError(f"checkpoint file {state_path} is corrupt or truncated ({type(e).__name__})") from None
+    state = _read_state(state_path)
+    _check_files(path, state)
+    return state
+
+
+def verify(path: str | Path) -> Path:
+    """Checkpoint directory `path` (resolved as `load_state` does), after checking its files
+    against the sizes and sha256 recorded at save time; a directory without trainer_state.pt
+    (a transformers or exported model) is returned as it is."""
+    path = resolve(path)
+    state_path = path / STATE_FILE
+    if state_path.is_file():
+        # memory-mapped: the optimizer's tensors are not read, only the file table
+        _check_files(path, _read_state(state_path, mmap=True))
+    return path
+
+
+def _check_files(path: Path, state: dict) -> None:
     for name, (size, digest) in state.get("files", {}).items():
         f = path / name
         if not f.is_file():
@@ -94,7 +141,6 @@ def load_state(path: str | Path) -> dict:
         if f.stat().st_size != size or sha256_of(f) != digest:
             raise ToyGPTError(f"checkpoint file {f} is corrupt or truncated (size or sha256 differs "
                               f"from the one recorded at save time)")
-    return state
 
 
 def load_model(path: str | Path):

@@ -1,7 +1,8 @@
 """`toygpt` command line: `toygpt {generate,prepare,train} ...`.
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and
-`run(args)`; this file only wires them up and turns user errors into one line and exit code 2.
+`run(args)`; this file only wires them up. Errors go through flags.ErrorGuard: a bad flag or
+file is one line on stderr and exit code 2, a crash one line naming its traceback log, exit 1.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 import importlib
 import sys
 
-from toygpt.errors import ToyGPTError
+from toygpt.flags import ErrorGuard, FlagParser
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "attention": ("toygpt.attention_view", "draw a prompt's attention probabilities, every layer and head"),
     "generate": ("toygpt.generate_cli", "sample text from a model, streaming to stdout"),
     "prepare": ("toygpt.prepare", "tokenize a text into train.bin / val.bin"),
     "train": ("toygpt.train", "train a model"),
@@ -25,7 +27,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toygpt", description="GPT-2 in PyTorch on toykernels")
+    parser = FlagParser(prog="toygpt", description="GPT-2 in PyTorch on toykernels")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -37,15 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    guard = ErrorGuard("toygpt")
+    with guard:
+        args = build_parser().parse_args(argv)
+        guard.prog = f"toygpt {args.command}"
         args._run(args)
-    except ToyGPTError as e:
-        print(f"toygpt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return guard.exit_code
 
 
 if __name__ == "__main__":

@@ -118,6 +118,13 @@ def read_meta(data_dir: str | Path) -> dict:
         raise ToyGPTError(f"{meta_path} is not valid JSON ({e})") from None
 
 
+def data_identity(meta: dict) -> dict:
+    """What makes two prepared directories the same data, for a checkpoint to record: meta.json
+    without the source's path (the same text, tokenizer and split give the same tokens wherever
+    the text lies; the text's and the tokenizer's sha256 are in it)."""
+    return {k: v for k, v in meta.items() if k != "source"}
+
+
 def load_tokens(data_dir: str | Path, split: str) -> np.memmap:
     """The token ids of `split` ("train" or "val") as a read-only memory map, after checking the
     file's size against meta.json's dtype and token count (a truncated file is an error)."""

@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from toygpt import checkpoint
 from toygpt.addition import VOCAB, AdditionTask
-from toygpt.train import make_config, train
+from toygpt.errors import ToyGPTError
+from toygpt.flags import ErrorGuard, FlagParser, add_flags, at_least, between, flag
+from toygpt.train import SEED_RANGE, make_config, train
 
 ACCURACY_GOAL = 0.95
 
@@ -49,19 +54,39 @@ class AdditionBatches:
         return x.to(device), y.to(device)
 
 
+@dataclass
+class DemoFlags:
+    out: str = flag("runs/demo", "run directory", metavar="DIR")
+    overwrite: bool = flag(False, "replace the run --out already holds (`make demo` passes it)")
+    # NOTE: 9 is the most: a problem's id, (a - lo) * span + (b - lo), must fit numpy's int64
+    digits: int = flag(3, "digits per operand", between(3, 9))
+    max_iters: int = flag(1000, "optimizer steps", at_least(1))
+    batch_size: int = flag(256, "problems per step", at_least(1))
+    n_test: int = flag(1000, "held-out problems (fewer than half of all pairs of operands)", at_least(1))
+    seed: int = flag(1337, "seed of the problems, the weights and the batches", SEED_RANGE)
+    progress: bool = flag(True, "show a progress bar")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="toygpt-demo", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default="runs/demo", help="run directory")
-    parser.add_argument("--digits", type=int, default=3, help="digits per operand (at least 3)")
-    parser.add_argument("--max-iters", type=int, default=1000, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=256, help="problems per step")
-    parser.add_argument("--n-test", type=int, default=1000, help="held-out problems")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    guard = ErrorGuard("toygpt-demo")
+    with guard:
+        return _main(argv)
+    return guard.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = FlagParser(prog="toygpt-demo", description=__doc__.splitlines()[0],
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_flags(parser, DemoFlags)
     args = parser.parse_args(argv)
-    if args.digits < 3:
-        parser.error(f"--digits must be at least 3, got {args.digits}")
+    span = 9 * 10 ** (args.digits - 1)  # operands of 3 digits: 100 .. 999
+    if args.n_test >= span * span // 2:  # AdditionTask's own bound: most pairs stay for training
+        parser.error(f"argument --n-test: must be less than {span * span // 2:,} with {args.digits}-digit "
+                     f"operands, got {args.n_test}")
+    ckpt = Path(args.out) / "ckpt"
+    if checkpoint.exists(ckpt) and not args.overwrite:  # a run's checkpoint is never replaced unasked
+        raise ToyGPTError(f"--out {args.out} already holds a run ({ckpt}); pass --overwrite to replace it, "
+                          "or another --out")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     t0 = time.perf_counter()
@@ -73,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, max_iters=args.max_iters, learning_rate=3e-3, min_lr=3e-4,
         warmup_iters=50, decay_lr=True, weight_decay=0.1, beta2=0.98, grad_clip=1.0,
         eval_interval=max(1, args.max_iters // 5), eval_iters=max(1, args.n_test // args.batch_size),
-        sample_tokens=0, out=args.out, overwrite=True, seed=args.seed, device="cpu",
-        progress=not args.no_progress)
+        sample_tokens=0, out=args.out, overwrite=args.overwrite, seed=args.seed, device="cpu",
+        progress=args.progress)
     print(f"toygpt-demo: learning {args.digits}-digit addition, character by character "
           f"({task.seq_len} characters a problem, e.g. {task.test_pairs[0][0]}+{task.test_pairs[0][1]}="
           f"{str(task.test_pairs[0].sum()).zfill(args.digits + 1)[::-1]} with the sum reversed)")

@@ -8,22 +8,68 @@ The sampling itself is `GPT.generate` (generation.py); this file only parses and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+from toygpt import attention_view
+from toygpt.errors import ToyGPTError
+
+# the most tokens one call may ask for: far beyond any use, and small enough that buffers of
+# this length (the sampled ids, a row of the KV cache per step) never fail to allocate
+MAX_NEW_TOKENS = 1_000_000
+
 
 def add_arguments(parser) -> None:
+    # The sampling options' ranges are GPT.generate's own checks (generation.py), named after its
+    # parameters; here only what a command line adds: numbers that parse, and a bound on length.
+    from toygpt.flags import between, help_text, parse_float, parse_int, value_type
+
+    new_tokens = between(0, MAX_NEW_TOKENS)
     parser.add_argument("--model", required=True,
                         help="hub name (gpt2 ... gpt2-xl), transformers directory, or toygpt checkpoint directory")
     parser.add_argument("--prompt", default="", help="text to continue ('' starts from end-of-text)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=value_type(parse_int, new_tokens), default=256, metavar="N",
+                        help=help_text("tokens to sample after the prompt", new_tokens))
+    parser.add_argument("--temperature", type=parse_float, default=1.0,
+                        help="divide the logits by this before sampling, >= 0; 0 means greedy")
+    parser.add_argument("--top-k", type=value_type(parse_int, optional=True), default=None, metavar="K",
+                        help="sample only from the K >= 1 most likely tokens (None: from all)")
+    parser.add_argument("--top-p", type=value_type(parse_float, optional=True), default=None, metavar="P",
+                        help="nucleus sampling: only from the most likely tokens whose probabilities "
+                             "add up to P, in (0, 1] (None: from all)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    parser.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    parser.add_argument("--seed", type=parse_int, default=None, help="for reproducible sampling")
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, mps")
+    attention_view.add_probs_arguments(parser)  # --show-probs [K], --out PNG
+
+
+def local_model_dir(name: str) -> Path | None:
+    """The local model directory `--model name` means, or None for a hub name.
+
+    Checkpoints resolve as `toygpt train --resume` resolves them: a run directory means its
+    ckpt/, and a checkpoint that a crash mid-save left renamed aside (.ckpt.old) is found, after
+    its files are checked against the sizes and sha256 its trainer_state.pt recorded. A name that
+    looks like a path (it starts with '.', '/' or '~', has two '/' or more, or its first part is a
+    local directory) and is none of these is not found, not a hub name to look up.
+    """
+    from toygpt import checkpoint
+
+    path = Path(name).expanduser()
+    for candidate in (path, path / "ckpt"):
+        resolved = checkpoint.resolve(candidate)
+        if (resolved / "config.json").is_file():
+            return checkpoint.verify(resolved)
+    if path.is_dir():
+        raise ToyGPTError(f"{name} holds no model: no config.json in it or in {path / 'ckpt'} "
+                          "(pass a toygpt checkpoint or run directory, or a transformers directory)")
+    if path.exists():
+        raise ToyGPTError(f"{name} is a file, not a model directory")
+    parts = name.replace(os.sep, "/").split("/")
+    if name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        raise ToyGPTError(f"{name}: no such directory (not found; a path is not looked up on the hub)")
+    return None
 
 
 def run(args) -> None:
@@ -32,12 +78,15 @@ def run(args) -> None:
     from toygpt.train import resolve_device
 
     device = resolve_device(args.device)
-    if (Path(args.model) / "config.json").is_file():
-        # a local directory: load_model reads its model_type (a toygpt GPT or bigram checkpoint,
-        # or a transformers GPT-2 directory)
-        model = load_model(args.model).to(device)
+    local = local_model_dir(args.model)
+    if local is not None:
+        # load_model reads its model_type (a toygpt GPT or bigram checkpoint, or a transformers
+        # GPT-2 directory)
+        model = load_model(local).to(device)
     else:
         model = GPT.from_pretrained(args.model).to(device)  # a hub name, or an error naming it
+    if args.show_probs is not None:
+        return attention_view.show_probs(model, args)
     pieces = model.generate(
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed, stop=args.stop,

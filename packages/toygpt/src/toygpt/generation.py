@@ -53,6 +53,9 @@ def generate(model, idx=None, max_new_tokens=None, temperature=1.0, top_k=None, 
     _check_options(temperature, top_k, top_p, max_new_tokens)
     if (idx is None) == (prompt is None):
         raise ToyGPTError("generate: pass either idx (a (B, T) tensor of ids) or prompt (text), not both")
+    if prompt is not None and not isinstance(prompt, (str, list, tuple)):
+        # before anything iterates over it: list(123) would fail with a TypeError naming nothing
+        raise ToyGPTError(f"prompt must be a str or a list of str, got {type(prompt).__name__} {prompt!r:.80}")
     sampler = Sampler(temperature, top_k, top_p, greedy or not sampling, seed, _device(model))
     if prompt is not None:
         return _generate_text(model, prompt, 256 if max_new_tokens is None else max_new_tokens, sampler,
@@ -108,9 +111,21 @@ class Sampler:
     def __call__(self, logits):
         if self.vocab_limit is not None:
             logits = logits[:, :self.vocab_limit]  # (B, vocab_limit)
+        top = logits.amax(dim=-1, keepdim=True)  # (B, 1); NaN when the row holds a NaN
+        # NOTE: NaN or +inf logits make every probability NaN, and the inverse-CDF draw then
+        # returns V, an id outside the vocabulary; an all -inf row has nothing to draw either
+        if not bool(torch.isfinite(top).all()):
+            bad = top[~torch.isfinite(top)][0].item()  # nan, inf, or -inf for a row of -inf only
+            raise ToyGPTError(f"the model's logits hold {bad}: no token can be sampled from them "
+                              "(are its weights non-finite?)")
         if self.greedy:
             return logits.argmax(dim=-1)  # (B,)
-        logits = logits.float() / self.temperature
+        # the row's largest logit moved to 0 before the division: (logits - top) / temperature is
+        # 0 for the most likely id and <= 0 for the rest, so a tiny temperature gives -inf (never
+        # drawn), not the inf - inf = NaN that softmax(logits / 1e-45) would give; a temperature
+        # that is 0 in float32 (below 1e-45) divides in float64, where 0 / 1e-300 is still 0
+        dtype = torch.float32 if self.temperature >= torch.finfo(torch.float32).tiny else torch.float64
+        logits = (logits.to(dtype) - top.to(dtype)) / self.temperature
         if self.top_k is not None and self.top_k < logits.size(-1):
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -360,8 +375,9 @@ class TextStream:
 
 
 def _check_options(temperature, top_k, top_p, max_new_tokens):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ToyGPTError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not 0 <= temperature < float("inf")):
+        raise ToyGPTError(f"temperature must be a number >= 0 (0 means greedy) and finite, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ToyGPTError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):

@@ -130,12 +130,10 @@ def toygpt_to_hf(model) -> dict:
 
 def load_state_dict(path: Path) -> dict:
     """Tensors of a transformers directory: model.safetensors, sharded safetensors, or .bin."""
-    from safetensors.torch import load_file
-
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
+        return _load_safetensors(path / "model.safetensors")
     for index_name, loader in (
-        ("model.safetensors.index.json", load_file),
+        ("model.safetensors.index.json", _load_safetensors),
         ("pytorch_model.bin.index.json", _load_bin),
     ):
         if (path / index_name).is_file():
@@ -151,8 +149,25 @@ def load_state_dict(path: Path) -> dict:
     )
 
 
+def _load_safetensors(file: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not file.is_file():  # a shard the index names
+        raise ToyGPTError(f"weights file {file} not found")
+    try:
+        return load_file(file)
+    except Exception as e:  # SafetensorError (a bad header), OSError: the file is the user's to fix
+        raise ToyGPTError(f"weights file {file} is corrupt or truncated ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+
+
 def _load_bin(file: Path) -> dict:
-    return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ToyGPTError(f"weights file {file} not found") from None
+    except Exception as e:  # a truncated zip, pickled code weights_only refuses, garbage bytes
+        raise ToyGPTError(f"weights file {file} is corrupt or truncated ({type(e).__name__})") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,7 +71,11 @@ class GPTConfig:
         unknown = set(overrides) - fields
         if unknown:
             raise ToyGPTError(f"GPTConfig.preset: unknown field(s) {sorted(unknown)}; fields are {sorted(fields)}")
-        return cls(**{**PRESETS[name], **overrides})
+        values = {**PRESETS[name], **overrides}
+        if values.get("vocab_size", 0) is None:
+            raise ToyGPTError(f"GPTConfig.preset({name!r}) needs vocab_size: a character-level model's "
+                              "vocabulary is its data's, e.g. vocab_size=65 for Tiny Shakespeare")
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,10 +87,12 @@ PRESETS = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    # the character-level shapes: vocab_size None, because GPT-2's 50257 would silently be wrong;
+    # the data's tokenizer gives it (GPTConfig.preset raises until it is passed)
     # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers
-    "mygpt-char": dict(block_size=64, n_embd=128, n_head=8, n_layer=4, dropout=0.0),
+    "mygpt-char": dict(block_size=64, n_embd=128, n_head=8, n_layer=4, dropout=0.0, vocab_size=None),
     # nanoGPT's "baby GPT" for shakespeare_char
-    "shakespeare-char": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    "shakespeare-char": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, vocab_size=None),
 }
 
 
@@ -200,8 +206,10 @@ class GPT(nn.Module):
             raise ToyGPTError(
                 f"sequence of length {pos + T} is longer than block_size={self.config.block_size}"
             )
-        if idx.is_cuda:
-            return  # NOTE: the range check below would sync with the GPU on every step
+        if idx.is_cuda or torch.compiler.is_compiling():
+            # NOTE: the range check below would sync with the GPU on every step, and under
+            # torch.compile its int() would break the graph on every forward
+            return
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi

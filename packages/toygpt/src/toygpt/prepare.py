@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1) -> dict:
-    """Tokenize `text_path` into `out_dir`; returns the meta dict written to meta.json."""
+# what a `toygpt prepare` directory holds: any of them there means data a run may be trained on
+DATA_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer.json")
+
+
+def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1,
+            overwrite: bool = False) -> dict:
+    """Tokenize `text_path` into `out_dir`; returns the meta dict written to meta.json.
+
+    Refuses a directory that already holds prepared data unless `overwrite`: a run resumed on
+    it would train on other tokens (checkpoints record the meta.json they were trained on, so
+    such a resume is refused too).
+    """
     text_path, out_dir = Path(text_path), Path(out_dir)
     if not 0.0 < val_fraction < 1.0:
         raise ToyGPTError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    present = [name for name in DATA_FILES if (out_dir / name).exists()]
+    if present and not overwrite:
+        raise ToyGPTError(f"{out_dir} already holds prepared data ({', '.join(present)}): pass --overwrite "
+                          "to replace it, or another --out")
     if not text_path.is_file():
         raise ToyGPTError(f"input file {text_path} not found")
     try:
@@ -90,17 +105,40 @@ def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_frac
     return meta
 
 
+def _tokenizer_spec(text: str) -> str:
+    """--tokenizer's check at parse time, before any file is read: make_tokenizer's own errors
+    (a bpe: spec is tried on an empty text, which costs nothing; char and gpt2 need no check)."""
+    try:
+        if text not in ("char", "gpt2"):
+            make_tokenizer(text, "")
+    except ToyGPTError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(f"--tokenizer {text!r}", repr(text))) from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from toygpt.flags import between, help_text, parse_float, value_type
+
+    fraction = between(0, 1, lo_open=True, hi_open=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", metavar="FILE", help="a local UTF-8 text file")
     source.add_argument("--dataset", metavar="NAME", help="a registered dataset to download (shakespeare)")
-    parser.add_argument("--tokenizer", default="char", help="char, gpt2 or bpe:VOCAB")
+    parser.add_argument("--tokenizer", type=_tokenizer_spec, default="char",
+                        help="char, gpt2 or bpe:VOCAB (a byte-level BPE trained on the text, VOCAB > 256 "
+                             "ids, fewer if the text runs out of repeated pairs)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens for val.bin")
+    parser.add_argument("--overwrite", action="store_true", help="replace the data --out already holds")
+    parser.add_argument("--val-fraction", type=value_type(parse_float, fraction), default=0.1,
+                        help=help_text("share of tokens for val.bin", fraction))
 
 
 def run(args: argparse.Namespace) -> None:
     text_path = Path(args.input) if args.input else fetch(args.dataset)
-    meta = prepare(text_path, args.tokenizer, args.out, args.val_fraction)
+    meta = prepare(text_path, args.tokenizer, args.out, args.val_fraction, overwrite=args.overwrite)
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']} tokenizer, {meta['vocab_size']} ids, {meta['dtype']})")
+    if args.tokenizer.startswith("bpe:") and meta["vocab_size"] < int(args.tokenizer[4:]):
+        # BPE merges only pairs that occur at least twice; a short text runs out of them early
+        print(f"note: --tokenizer {args.tokenizer} asked for {int(args.tokenizer[4:]):,} ids, but "
+              f"{text_path} has repeated pairs for only {meta['vocab_size']:,}: the vocabulary is smaller",
+              file=sys.stderr)

@@ -24,63 +24,66 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from toygpt import checkpoint
-from toygpt.data import batch_offsets, get_batch, load_tokens, read_meta, sha256_of
+from toygpt.data import batch_offsets, data_identity, get_batch, load_tokens, read_meta, sha256_of
 from toygpt.errors import ToyGPTError
+from toygpt.flags import add_flags, at_least, between, check_fields, greater_than, one_of
+from toygpt.flags import flag as _f
 
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+# the range of every seed: numpy's SeedSequence takes no negatives, torch.manual_seed nothing past 2**64
+SEED_RANGE = between(0, 2**64 - 1, text="in [0, 2**64)")
 
 
 @dataclass
 class TrainConfig:
     # what to train, on what, where
-    preset: str = _f("mygpt-char", "model + hyper-parameter preset: " + ", ".join(
-        ["bigram", "mygpt-char", "shakespeare-char", "gpt2"]) + " (its values are listed below)",
-        metavar="NAME")
+    preset: str = _f("mygpt-char", "model + hyper-parameter preset (its values are listed below)",
+                     one_of("bigram", "mygpt-char", "shakespeare-char", "gpt2"), metavar="NAME")
     data: str = _f("", "data directory written by `toygpt prepare` (with --resume: the checkpoint's "
                    "if not given)", metavar="DIR")
     out: str = _f("runs/train", "run directory: checkpoint, metrics.jsonl, loss.png", metavar="DIR")
     resume: bool = _f(False, "continue from <out>/ckpt exactly where it stopped")
     overwrite: bool = _f(False, "start afresh even if <out>/ckpt exists")
     # model shape; None takes the preset's value
-    n_layer: int | None = _f(None, "transformer blocks (None: the preset's)")
-    n_head: int | None = _f(None, "attention heads (None: the preset's)")
-    n_embd: int | None = _f(None, "channels (None: the preset's)")
-    block_size: int | None = _f(None, "context length in tokens (None: the preset's)")
-    dropout: float | None = _f(None, "dropout rate (None: the preset's)")
+    n_layer: int | None = _f(None, "transformer blocks (None: the preset's)", at_least(1))
+    n_head: int | None = _f(None, "attention heads (None: the preset's)", at_least(1))
+    n_embd: int | None = _f(None, "channels (None: the preset's)", at_least(1))
+    block_size: int | None = _f(None, "context length in tokens (None: the preset's)", at_least(1))
+    dropout: float | None = _f(None, "dropout rate (None: the preset's)", between(0, 1, hi_open=True))
     bias: bool | None = _f(None, "biases in Linear and LayerNorm (None: the preset's)")
     # optimization
-    batch_size: int = _f(16, "sequences per micro-batch, per process")
-    grad_accum: int = _f(1, "micro-batches per optimizer step, per process")
-    max_iters: int = _f(5000, "optimizer steps")
-    learning_rate: float = _f(1e-3, "peak learning rate")
-    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
-    warmup_iters: int = _f(0, "linear warmup steps")
-    lr_decay_iters: int | None = _f(None, "steps of cosine decay (None: max_iters)")
+    batch_size: int = _f(16, "sequences per micro-batch, per process", at_least(1))
+    grad_accum: int = _f(1, "micro-batches per optimizer step, per process", at_least(1))
+    max_iters: int = _f(5000, "optimizer steps", at_least(1))
+    learning_rate: float = _f(1e-3, "peak learning rate", greater_than(0))
+    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay", at_least(0))
+    warmup_iters: int = _f(0, "linear warmup steps", at_least(0))
+    lr_decay_iters: int | None = _f(None, "steps of cosine decay (None: max_iters)", at_least(1))
     decay_lr: bool = _f(True, "warmup + cosine decay; off: constant learning_rate")
-    weight_decay: float = _f(0.1, "AdamW weight decay (on >=2-D parameters only)")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
+    weight_decay: float = _f(0.1, "AdamW weight decay (on >=2-D parameters only)", at_least(0))
+    beta1: float = _f(0.9, "AdamW beta1", between(0, 1, hi_open=True))
+    beta2: float = _f(0.95, "AdamW beta2", between(0, 1, hi_open=True))
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", at_least(0))
     # evaluation and logging
-    eval_interval: int = _f(500, "evaluate, sample and save every N steps")
-    eval_iters: int = _f(50, "batches per split in an evaluation")
-    sample_tokens: int = _f(200, "tokens in the text sample at each evaluation (0: none)")
+    eval_interval: int = _f(500, "evaluate, sample and save every N steps", at_least(1))
+    eval_iters: int = _f(50, "batches per split in an evaluation", at_least(1))
+    sample_tokens: int = _f(200, "tokens in the text sample at each evaluation (0: none)", at_least(0))
     progress: bool = _f(True, "show a tqdm progress bar")
     # system
-    seed: int = _f(1337, "seed of the weights, dropout and the batches")
+    seed: int = _f(1337, "seed of the weights, dropout and the batches", SEED_RANGE)
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", metavar="DEVICE")
     dtype: str = _f("auto", "auto (bf16 on CUDA, fp16 where bf16 is unsupported), float32, bfloat16, float16",
-                    metavar="DTYPE")
+                    one_of("auto", "float32", "bfloat16", "float16"), metavar="DTYPE")
     compile: bool = _f(False, "torch.compile the model")
+
+    def __post_init__(self):
+        check_fields(self)  # the flags' own checks, for configs built in Python too
 
 
 # Each preset: TrainConfig values for the seed model's recipe (explicit flags override them).
@@ -289,13 +292,16 @@ def plot_losses(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    def y(value):  # null in metrics.jsonl (a non-finite number): a gap in the curve
+        return math.nan if value is None else value
+
     steps = [r["step"] for r in records if "loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["loss"] for r in records if "loss" in r], lw=0.8, alpha=0.6, label="train (step)")
+    ax.plot(steps, [y(r["loss"]) for r in records if "loss" in r], lw=0.8, alpha=0.6, label="train (step)")
     evals = [r for r in records if "val_loss" in r]
     if evals:
-        ax.plot([r["step"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train (eval)")
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val (eval)")
+        ax.plot([r["step"] for r in evals], [y(r["train_loss"]) for r in evals], "o-", label="train (eval)")
+        ax.plot([r["step"] for r in evals], [y(r["val_loss"]) for r in evals], "o-", label="val (eval)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss")
     ax.legend()
@@ -304,24 +310,93 @@ def plot_losses(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-# settings a resumed run may change without changing what the run computes up to its checkpoint
-_PER_RUN_FIELDS = {"resume", "overwrite", "progress", "max_iters", "out", "data", "device", "compile",
-                   "eval_interval", "sample_tokens"}
+def _json_line(record: dict) -> str:
+    """One metrics.jsonl line. A non-finite number (a diverged loss) is written as null: bare
+    NaN / Infinity, which json.dumps writes by default, is not JSON and strict parsers reject it."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
-def _saved_config(ckpt_dir: Path) -> dict:
-    """The TrainConfig a checkpoint was saved with (train_config.json), or {} if unreadable."""
-    try:
-        return json.loads((checkpoint.resolve(ckpt_dir) / "train_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+def _not_finite(ev: dict, model, optimizer) -> str | None:
+    """What is not finite of an evaluation's losses, the weights and the optimizer state, or None."""
+    for name, value in ev.items():
+        if not math.isfinite(value):
+            return f"{name.replace('_', ' ')} is {value}"
+    if not _all_finite(model.parameters()):
+        return "the weights hold nan or inf"
+    if not _all_finite(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)):
+        return "the optimizer state holds nan or inf"
+    return None
 
 
-def train(cfg: TrainConfig, batches=None, log=print) -> dict:
+def _all_finite(tensors) -> bool:
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())  # one device sync, not one per tensor
+
+
+# this process's settings, not the run's: a resumed run takes them from the caller
+_PROCESS_FIELDS = {"resume", "overwrite", "progress", "out", "device", "compile"}
+# the model's own settings: the checkpoint's weights fix them
+_MODEL_FIELDS = {"preset", "n_layer", "n_head", "n_embd", "block_size", "bias"}
+# settings a continued run is expected to change: applied without a note
+_CONTINUATION_FIELDS = {"max_iters", "eval_interval", "sample_tokens", "data"}
+
+
+def resumed_config(cfg: TrainConfig, saved: dict, given: set[str] | None = None,
+                   where: str = "the checkpoint") -> tuple[TrainConfig, list[str]]:
+    """The TrainConfig a resumed run continues with, and notes on what changed.
+
+    `saved` is the checkpoint's TrainConfig (as a dict). The run keeps it, except for this
+    process's own settings (_PROCESS_FIELDS, always cfg's) and the fields the caller set: those
+    in `given` (the command line's flags), or with given=None every field of cfg that is not
+    None. A change is applied and noted; a change of the model's shape is refused. A checkpoint
+    saved without lr_decay_iters decayed over its own max_iters, and keeps doing so: a longer
+    max_iters must not bend the schedule of a run half way through it.
+    """
+    if given is None:
+        given = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) is not None}
+    values, notes = {}, []
+    for f in dataclasses.fields(TrainConfig):
+        name, new = f.name, getattr(cfg, f.name)
+        if name in _PROCESS_FIELDS or name not in saved:  # (not in saved: a field newer than it)
+            values[name] = new
+            continue
+        old = saved[name]
+        if name not in given or new == old or (name == "data" and not new):
+            values[name] = old
+            continue
+        if name in _MODEL_FIELDS:
+            raise ToyGPTError(f"--{name.replace('_', '-')} {new} does not fit checkpoint {where}, whose model "
+                              f"has {name} {old}: a resumed model keeps its shape (to change it, start a new "
+                              "run with another --out or --overwrite)")
+        values[name] = new
+        if name not in _CONTINUATION_FIELDS:
+            notes.append(f"{name} {old!r} -> {new!r}")
+    saved_max_iters = saved.get("max_iters", values["max_iters"])
+    if values["lr_decay_iters"] is None:
+        values["lr_decay_iters"] = values["max_iters"] if "lr_decay_iters" in given else saved_max_iters
+    resumed = TrainConfig(**values)
+    if (resumed.decay_lr and resumed.max_iters > resumed.lr_decay_iters
+            and resumed.max_iters != saved_max_iters):
+        notes.append(f"the learning rate stays at min_lr {resumed.min_lr} after step {resumed.lr_decay_iters} "
+                     "(lr_decay_iters; pass --lr-decay-iters to stretch the schedule)")
+    return resumed, notes
+
+
+def train(cfg: TrainConfig, batches=None, log=print, given: set[str] | None = None) -> dict:
     """Train as `cfg` says; returns {"model", "losses", "evals", "run_dir"}.
 
     `batches` defaults to TokenBatches(cfg.data); any object with the same methods (train_batch,
     eval_batch, check, tokenizer, vocab_size) works, e.g. the addition demo's.
+
+    With cfg.resume the run continues with its checkpoint's own TrainConfig (`resumed_config`:
+    `given` names the fields the caller set, as the CLI's flags; None means every field of cfg
+    that is not None), on the same data (the checkpoint records its meta.json). A fresh run
+    refuses a run directory that holds a checkpoint unless cfg.overwrite; then the old
+    checkpoint is deleted first, before the curve, so a crash leaves one run's files, never a
+    mix. A checkpoint is only ever written with finite weights and evaluation losses: a run
+    that diverges stops with an error naming the last good one. metrics.jsonl holds one JSON
+    object per line; a non-finite number in it is written as null.
     """
     from tqdm import tqdm
 
@@ -333,31 +408,47 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     master = rank == 0
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "ckpt"
-    if batches is None:
-        if not cfg.data and cfg.resume:  # resuming: the data the checkpoint was trained on
-            cfg = dataclasses.replace(cfg, data=_saved_config(ckpt_dir).get("data", ""))
-        if not cfg.data:
-            raise ToyGPTError("--data DIR is required (make one with `toygpt prepare`)")
-        batches = TokenBatches(cfg.data, cfg, rank, world_size)
-
     state = None
     if cfg.resume:
         state = checkpoint.load_state(ckpt_dir)  # raises if absent or corrupt
-        changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in state.get("config", {}).items()
-                   if k not in _PER_RUN_FIELDS and hasattr(cfg, k) and getattr(cfg, k) != v]
-        if changed and master:
-            log(f"note: resuming {ckpt_dir} with settings that differ from its run's: {', '.join(changed)} "
-                "(the model's shape stays the checkpoint's)")
-        tok_file = checkpoint.resolve(ckpt_dir) / "tokenizer.json"
+        where = checkpoint.resolve(ckpt_dir)
+        cfg, notes = resumed_config(cfg, state.get("config", {}), given, where=str(where))
+        if notes and master:
+            log(f"note: resuming {where} with settings changed from its run's: {'; '.join(notes)}")
+    elif checkpoint.exists(ckpt_dir) and not cfg.overwrite:
+        raise ToyGPTError(f"{ckpt_dir} already holds a checkpoint: pass --resume to continue it, "
+                          f"--overwrite to start afresh, or another --out")
+    elif cfg.lr_decay_iters is None:  # the config file records the schedule that runs
+        cfg = dataclasses.replace(cfg, lr_decay_iters=cfg.max_iters)
+    if batches is None:
+        if not cfg.data:
+            raise ToyGPTError("--data DIR is required (make one with `toygpt prepare`)")
+        batches = TokenBatches(cfg.data, cfg, rank, world_size)
+    meta = getattr(batches, "meta", None)  # TokenBatches' meta.json; the addition demo has none
+    identity = data_identity(meta) if isinstance(meta, dict) else None
+
+    if state is not None:
+        tok_file = where / "tokenizer.json"
         tok = batches.tokenizer
         data_tok = {"type": tok.name, **tok.to_dict()} if tok is not None else None
         if tok_file.is_file() and data_tok is not None and json.loads(tok_file.read_text()) != data_tok:
             raise ToyGPTError(f"the tokenizer of checkpoint {tok_file} does not match the data's "
                               f"({getattr(batches, 'tokenizer_path', 'tokenizer')})")
-        model = checkpoint.load_model(ckpt_dir)
-    elif (ckpt_dir / checkpoint.STATE_FILE).exists() and not cfg.overwrite:
-        raise ToyGPTError(f"{ckpt_dir} already holds a checkpoint: pass --resume to continue it, "
-                          f"--overwrite to start afresh, or another --out")
+        # the same tokenizer on other text (a `toygpt prepare --overwrite` since) is caught here
+        recorded = state.get("data_identity")  # absent in checkpoints of older versions
+        if recorded is not None and identity is not None and recorded != identity:
+            differ = sorted(k for k in recorded.keys() | identity.keys() if recorded.get(k) != identity.get(k))
+            raise ToyGPTError(f"the data in {cfg.data} is not the data checkpoint {where} was trained on "
+                              f"(its meta.json differs in {', '.join(differ)}): pass that data with --data, "
+                              "or start a new run")
+        model = checkpoint.load_model(where)
+        if not _all_finite(model.parameters()):  # saved by an older version, which did not check
+            raise ToyGPTError(f"checkpoint {where} holds non-finite weights (nan or inf): it cannot be resumed")
+        if cfg.dropout is not None and getattr(model.config, "dropout", cfg.dropout) != cfg.dropout:
+            model.config.dropout = cfg.dropout  # a changed --dropout, applied (and noted above)
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = cfg.dropout
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, batches.vocab_size)
@@ -400,15 +491,22 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
             raise ToyGPTError(f"cannot create the run directory --out {run_dir} ({e.strerror or e})") from None
         if state is not None and metrics_path.is_file():  # keep the curve up to the checkpoint
             records = [r for r in _read_records(metrics_path) if r["step"] <= start_step]
+        elif state is None:
+            # A fresh run (--overwrite, or a directory whose run never saved): what an earlier run
+            # left goes, its checkpoint first. A crash from here on leaves no checkpoint beside
+            # any curve but its own: the old run whole, the old curve with no checkpoint (which
+            # nothing resumes), or the new run.
+            checkpoint.remove(ckpt_dir)
+            (run_dir / "loss.png").unlink(missing_ok=True)
         # rewritten through a temporary file: a crash here must not lose the curve so far
         tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.write_text("".join(_json_line(r) for r in records))
         os.replace(tmp, metrics_path)
 
     def log_record(record: dict) -> None:
         records.append(record)
         with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_json_line(record))
 
     @torch.no_grad()
     def evaluate() -> dict:
@@ -448,7 +546,15 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
         if master:
             checkpoint.save_checkpoint(ckpt_dir, raw_model, batches.tokenizer, {
                 "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng, "config": asdict(cfg), "world_size": world_size})
+                "rng": rng, "config": asdict(cfg), "world_size": world_size, "data_identity": identity})
+
+    good_step = start_step if state is not None else None  # of the checkpoint on disk, all finite
+
+    def stop(what: str, step: int) -> ToyGPTError:
+        if good_step is None:
+            return ToyGPTError(f"{what} at step {step}: stopping; no checkpoint was saved")
+        return ToyGPTError(f"{what} at step {step}: stopping; the last good checkpoint is "
+                           f"{checkpoint.resolve(ckpt_dir)} (step {good_step})")
 
     tokens_per_step = cfg.batch_size * block_size * cfg.grad_accum * world_size
     flops_tok, peak = flops_per_token(raw_model, block_size), peak_flops(device)
@@ -475,9 +581,7 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
             loss_sum /= world_size
         step_loss = loss_sum.item()
         if not math.isfinite(step_loss):
-            where = checkpoint.resolve(ckpt_dir)
-            last = f"; the last good checkpoint is {where}" if (where / checkpoint.STATE_FILE).exists() else ""
-            raise ToyGPTError(f"loss is {step_loss} at step {step + 1}: stopping{last}")
+            raise stop(f"loss is {step_loss}", step + 1)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
@@ -499,7 +603,15 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
             log_record(record)
         if done % cfg.eval_interval == 0 or done == cfg.max_iters:
             ev = evaluate()
+            # an update can leave the weights non-finite while the loss before it was finite:
+            # such weights are never saved over the last good checkpoint
+            diverged = _not_finite(ev, raw_model, optimizer)
+            if diverged:
+                if master:
+                    log_record({"step": done, **ev})  # the curve shows where it diverged
+                raise stop(f"{diverged} (so this step is not saved)", done)
             save(done)
+            good_step = done
             if master:
                 log_record({"step": done, **ev})
                 msg = f"step {done}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}"
@@ -510,27 +622,6 @@ def train(cfg: TrainConfig, batches=None, log=print) -> dict:
     bar.close()
     return {"model": raw_model, "losses": losses, "evals": [r for r in records if "val_loss" in r],
             "run_dir": run_dir}
-
-
-class _Store(argparse.Action):
-    """argparse's store, remembering which flags were given (they override the preset)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace._given = getattr(namespace, "_given", set()) | {self.dest}
-
-
-class _StoreBool(argparse.BooleanOptionalAction):
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        namespace._given = getattr(namespace, "_given", set()) | {self.dest}
-
-
-def _parse_optional(type_):
-    def parse(text: str):
-        return None if text.lower() == "none" else type_(text)
-    parse.__name__ = type_.__name__
-    return parse
 
 
 def presets_help() -> str:
@@ -553,23 +644,16 @@ def presets_help() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field: --n-layer, --learning-rate, --resume/--no-resume, ..."""
-    types = {"int": int, "float": float, "str": str}
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        base = str(f.type).split(" |")[0]
-        if base == "bool":
-            parser.add_argument(flag, action=_StoreBool, default=f.default, help=f.metadata["help"])
-        else:
-            type_ = types[base]
-            if "None" in str(f.type):
-                type_ = _parse_optional(type_)
-            parser.add_argument(flag, action=_Store, type=type_, default=f.default,
-                                help=f.metadata["help"], metavar=f.metadata.get("metavar", base.upper()))
+    add_flags(parser, TrainConfig)
     parser.epilog = presets_help()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = getattr(args, "_given", set())
+    if args.resume and args.overwrite:
+        # each would silently undo the other: --resume continues <out>/ckpt, --overwrite replaces it
+        raise ToyGPTError("--resume and --overwrite contradict each other: --resume continues "
+                          f"{Path(args.out) / 'ckpt'}, --overwrite starts afresh over it; pass one")
     return make_config(args.preset, **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                                        if f.name in given and f.name != "preset"})
 
@@ -577,7 +661,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     try:
-        result = train(cfg)
+        # with --resume, the flags given are the changes to the run's own settings
+        result = train(cfg, given=getattr(args, "_given", set()))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

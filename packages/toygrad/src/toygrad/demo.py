@@ -8,10 +8,15 @@ the decision boundary to a PNG. `train()` is importable: the notebook and the te
 """
 
 import argparse
+import math
+import os
 import random
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from toygrad.datasets import make_moons
 from toygrad.engine import Value, add_n
@@ -82,19 +87,118 @@ def train(config=None, quiet=False, stream=None):
     return model, X, y, history
 
 
+# ---- command-line plumbing of toygrad's two commands (toygrad-demo, toygrad-train-gpt) ----
+# NOTE: toygpt.flags does the same for toygpt's commands, but toygrad's core depends on nothing
+# (toygpt depends on it, never the reverse), so these few lines are toygrad's own copy.
+
+
+class UsageError(ValueError):
+    """A bad command line: `prog: error: argument --x: ... (see prog -h)`, exit code 2."""
+
+    def __init__(self, prog, message):
+        super().__init__(f"{message} (see {prog} -h)")
+        self.prog = prog
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (UsageError) instead of the usage text."""
+
+    def error(self, message):
+        raise UsageError(self.prog, message)
+
+
+def number(kind, at_least=None, above=None, below=None):
+    """An argparse `type=`: an int or a finite float, at least / above / below the bounds given."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):  # nan passes every comparison below as False
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        for bound, ok, words in ((at_least, lambda b: value >= b, "at least"),
+                                 (above, lambda b: value > b, "greater than"),
+                                 (below, lambda b: value < b, "less than")):
+            if bound is not None and not ok(bound):
+                raise argparse.ArgumentTypeError(f"must be {words} {bound}, got {value}")
+        return value
+    return parse
+
+
+def writable_path(option, path, suffixes=None):
+    """Check before the work that `path` can be written (its folder exists and takes a new file);
+    nothing is written to `path` itself, so a file already there is left as it is."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {path}: the file name must end in {', '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}."):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {path.parent} ({e.strerror})") from None
+
+
+def write_atomically(path, write):
+    """`write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
+    path = Path(path)
+    # the same suffix, for writers that pick the format from it; created by `write` (not mkstemp),
+    # so it gets the permissions any new file gets
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_command(prog, body):
+    """Run `body()` -> exit code. A bad input (ValueError, OSError, ImportError) is one line on
+    stderr and exit 2; anything else is a bug: one line naming a log with the traceback, exit 1."""
+    try:
+        return body()
+    except UsageError as e:
+        print(f"{e.prog}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        fd, log = tempfile.mkstemp(prefix=f"{prog}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(traceback.format_exc())
+        print(f"{prog}: internal error: {type(e).__name__}: {e} (the traceback is in {log})", file=sys.stderr)
+        return 1
+    return 2
+
+
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")  # what matplotlib's Agg always writes
+
+
 def main(argv=None):
+    return run_command("toygrad-demo", lambda: _main(argv))
+
+
+def _main(argv):
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="toygrad-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=defaults.out,
-                        help="decision-boundary PNG to write (default: %(default)s); '' to skip")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="SGD steps (default: %(default)s)")
-    parser.add_argument("--n-samples", type=int, default=defaults.n_samples, help="points (default: %(default)s)")
-    parser.add_argument("--noise", type=float, default=defaults.noise, help="data noise (default: %(default)s)")
-    parser.add_argument("--data-seed", type=int, default=defaults.data_seed)
-    parser.add_argument("--model-seed", type=int, default=defaults.model_seed)
+                        help="decision-boundary image to write, .png, .svg or .pdf (default: %(default)s); "
+                             "'' to skip")
+    parser.add_argument("--steps", type=number(int, at_least=1), default=defaults.steps,
+                        help="SGD steps, at least 1 (default: %(default)s)")
+    parser.add_argument("--n-samples", type=number(int, at_least=2), default=defaults.n_samples,
+                        help="points, at least 2: one per class (default: %(default)s)")
+    parser.add_argument("--noise", type=number(float, at_least=0), default=defaults.noise,
+                        help="std of the data noise, at least 0 (default: %(default)s)")
+    parser.add_argument("--data-seed", type=number(int), default=defaults.data_seed)
+    parser.add_argument("--model-seed", type=number(int), default=defaults.model_seed)
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.out:  # checked before training, not after it
+        writable_path("--out", args.out, IMAGE_SUFFIXES)
     config = DemoConfig(n_samples=args.n_samples, noise=args.noise, data_seed=args.data_seed,
                         model_seed=args.model_seed, steps=args.steps, out=args.out)
 
@@ -106,13 +210,11 @@ def main(argv=None):
     print(f"trained an MLP {sizes} ({len(model.parameters())} parameters) in {seconds:.1f} s ({1000 * seconds / config.steps:.0f} ms/step): "
           f"final loss {loss:.4f}, training accuracy {acc:.0%}")
     if config.out:
-        from pathlib import Path
-
         from toygrad.viz import plot_decision_boundary
 
+        title = f"toygrad MLP on moons: accuracy {acc:.0%}"
         try:
-            plot_decision_boundary(model, X, y, path=config.out,
-                                   title=f"toygrad MLP on moons: accuracy {acc:.0%}")
+            write_atomically(config.out, lambda tmp: plot_decision_boundary(model, X, y, path=tmp, title=title))
         except ImportError as e:
             print(f"not writing {config.out}: {e}", file=sys.stderr)
             return 0

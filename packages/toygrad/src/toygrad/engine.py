@@ -103,9 +103,15 @@ class Value:
         if base < 0 and not float(other).is_integer():
             raise ValueError(f"{base} ** {other}: a negative base needs an integer exponent")
         out = Value(float(base**other), (self,), f"**{other}")
+        if base == 0 and other < 1:
+            # NOTE: Python raises for 0.0 ** negative; torch's rule is the limit: 0 for the
+            # constant x**0, +inf for 0 < p < 1 (the slope of sqrt at 0)
+            slope = 0.0 if other == 0 else math.copysign(math.inf, base)  # -0.0 gives -inf, as torch
+        else:
+            slope = other * base ** (other - 1)
 
         def _backward(grad):
-            self.grad += other * base ** (other - 1) * grad
+            self.grad += slope * grad
 
         out._backward = _backward
         return out

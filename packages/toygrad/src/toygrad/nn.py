@@ -64,6 +64,12 @@ def _collect(items, params, seen):
             _collect(item.values(), params, seen)
 
 
+def _check_size(owner, name, n):
+    # range(-1) and range(0) are empty: without this a layer of no neurons is built silently
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {n!r}")
+
+
 def _check_inputs(module, x, expected):
     if len(x) != expected:
         raise ValueError(f"{module!r} expects {expected} inputs, got {len(x)}")
@@ -72,6 +78,7 @@ def _check_inputs(module, x, expected):
 class Neuron(Module):
     def __init__(self, nin, nonlin=True):
         super().__init__()
+        _check_size("Neuron", "nin", nin)
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.nonlin = nonlin
@@ -88,6 +95,8 @@ class Neuron(Module):
 class Layer(Module):
     def __init__(self, nin, nout, **kwargs):
         super().__init__()
+        _check_size("Layer", "nin", nin)
+        _check_size("Layer", "nout", nout)
         self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
 
     def forward(self, x):
@@ -103,7 +112,13 @@ class Layer(Module):
 class MLP(Module):
     def __init__(self, nin, nouts):
         super().__init__()
-        sz = [nin] + list(nouts)
+        _check_size("MLP", "nin", nin)
+        nouts = list(nouts)
+        if not nouts:
+            raise ValueError("MLP: nouts must list at least one layer size, got []")
+        for i, n in enumerate(nouts):
+            _check_size("MLP", f"nouts[{i}]", n)
+        sz = [nin] + nouts
         # ReLU after every layer except the last, which is linear (its outputs are scores).
         self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1) for i in range(len(nouts))]
 
@@ -125,9 +140,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        for name, n in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"Linear: {name} must be a positive int, got {n!r}")
+        _check_size("Linear", "in_features", in_features)
+        _check_size("Linear", "out_features", out_features)
         self.in_features = in_features
         self.out_features = out_features
         bound = 1.0 / math.sqrt(in_features)

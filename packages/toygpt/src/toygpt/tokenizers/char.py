@@ -25,6 +25,8 @@ class CharTokenizer(Tokenizer):
                 raise ToyGPTError(f"CharTokenizer vocabulary entries must be single characters, got {c!r}")
         if len(set(self.chars)) != len(self.chars):
             raise ToyGPTError("CharTokenizer vocabulary has a repeated character")
+        if not self.chars:  # a model with 0 ids cannot be built, and nothing can be encoded
+            raise ToyGPTError("CharTokenizer vocabulary is empty: it needs at least one character")
         self.stoi = {c: i for i, c in enumerate(self.chars)}  # character -> id
         self.vocab_size = len(self.chars)
         self.eot_id = None

@@ -22,32 +22,39 @@ import csv
 import math
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from toygrad.demo import OneLineParser, number, run_command, writable_path, write_atomically
 from toygrad.tensor import no_grad
 from toygrad.tensor.nn import GPT, GPTConfig
 from toygrad.tensor.optim import clip_grad_norm_
+
+
+def _f(default, **bounds):
+    """A field whose flag's value must be within `bounds` (toygrad.demo.number's at_least, above, below)."""
+    return field(default=default, metadata=bounds)
 
 
 @dataclass
 class TrainConfig:
     """The flags; defaults are toygpt's `mygpt-char` preset (toygpt/train.py PRESETS)."""
 
+    # sizes are checked by train() (at least 1); _f gives the other flags' ranges, checked as parsed
     steps: int = 300  # optimizer steps
     batch_size: int = 16
     block_size: int = 64  # context length
     n_layer: int = 4
     n_head: int = 8
     n_embd: int = 128
-    dropout: float = 0.0
-    lr: float = 1e-3  # constant, as mygpt-char (decay_lr=False)
-    weight_decay: float = 0.01  # on >= 2-D parameters only
-    beta2: float = 0.999
-    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, as mygpt-char)
-    eval_interval: int = 100  # estimate train/val loss every this many steps (0: never)
+    dropout: float = _f(0.0, at_least=0, below=1)
+    lr: float = _f(1e-3, above=0)  # constant, as mygpt-char (decay_lr=False)
+    weight_decay: float = _f(0.01, at_least=0)  # on >= 2-D parameters only
+    beta2: float = _f(0.999, at_least=0, below=1)
+    grad_clip: float = _f(0.0, at_least=0)  # clip the global gradient norm to this (0: off, as mygpt-char)
+    eval_interval: int = _f(100, at_least=0)  # estimate train/val loss every this many steps (0: never)
     eval_iters: int = 20
     seed: int = 1337
     device: str = "cpu"
@@ -177,25 +184,47 @@ def estimate_loss(model: GPT, data: CharData, cfg: TrainConfig) -> dict:
     return out
 
 
+def _device(text: str) -> str:
+    """--device's check as parsed: a device torch knows, and one this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: there are only {torch.cuda.device_count()} CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: toygrad's tensors run on cpu or cuda")
+    return text
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="toygrad-train-gpt", description=__doc__.split("\n\n")[0])
+    # toygrad.demo holds toygrad's small command-line plumbing (one-line errors, exit codes)
+    return run_command("toygrad-train-gpt", lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    parser = OneLineParser(prog="toygrad-train-gpt", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a UTF-8 text file, e.g. tinyshakespeare/input.txt")
     for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = type(f.default)
+        parse = _device if f.name == "device" else number(kind, **f.metadata) if kind in (int, float) else kind
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=f.default)
     parser.add_argument("--compare", choices=["torch", "toygpt"], help="train a torch.autograd model alongside")
     parser.add_argument("--csv", help="write step, loss (, ref_loss), ms to this CSV file")
     args = parser.parse_args(argv)
+    if args.csv:  # checked before training, not after it
+        writable_path("--csv", args.csv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    try:
-        history = train(cfg, args.data, compare=args.compare)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"toygrad-train-gpt: error: {e}", file=sys.stderr)
-        return 2
+    history = train(cfg, args.data, compare=args.compare)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(history[0]))
+                writer.writeheader()
+                writer.writerows(history)
+        write_atomically(args.csv, write_csv)
     if args.compare:
         diffs = [abs(r["loss"] - r["ref_loss"]) for r in history]
         print(f"max |loss - {args.compare} loss| over {len(diffs)} steps: {max(diffs):.2e} "
