@@ -35,8 +35,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def load_tool(name: str):
-    """A module of tools/ (not a package), imported from its file."""
-    qualified = f"tools_{name}"
+    """A module of tools/ (not a package), imported from its file. The benchmarks import their
+    shared helpers as `benchlib` (tools/ is on sys.path when they run as scripts): that module
+    is loaded from its file first, under its own name, not by putting tools/ on sys.path."""
+    if name != "benchlib" and "benchlib" not in sys.modules:
+        sys.modules["benchlib"] = load_tool("benchlib")
+    qualified = "benchlib" if name == "benchlib" else f"tools_{name}"
     if qualified in sys.modules:
         return sys.modules[qualified]
     spec = importlib.util.spec_from_file_location(qualified, REPO / "tools" / f"{name}.py")

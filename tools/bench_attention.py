@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import toykernels
+from benchlib import RESULTS, Timer, parse_names, parse_shapes, run_meta
 from toykernels.reference import causal_attention_ref, causal_mask
 
-REPO = Path(__file__).resolve().parents[1]
+PROG = "bench_attention"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -75,34 +73,6 @@ SDPA_PROVIDERS = ("sdpa_default", "sdpa_flash", "sdpa_cudnn")
 def flops(B, H, T, D, mode):
     forward = 4 * B * H * T * T * D / 2
     return {"fwd": forward, "bwd": 2.5 * forward, "fwd+bwd": 3.5 * forward}[mode]
-
-
-class Timer:
-    """Median milliseconds of fn() with the L2 flushed before each run (CUDA) or plain (CPU)."""
-
-    def __init__(self, device, reps):
-        self.device, self.reps = device, reps
-        self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if device == "cuda" else None
-
-    def __call__(self, fn):
-        fn()  # warm-up (and first-call builds)
-        times = []
-        for _ in range(self.reps):
-            if self.device == "cuda":
-                self.flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                import time
-
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
 
 
 CHECK_ROWS = 128  # queries at each end of the sequence checked against float64
@@ -157,39 +127,6 @@ def bench_shape(provider, fn, B, H, T, D, dtype, device, timer):
         return None, None
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def usage_error(message):
-    """A command-line error: one line, exit status 2."""
-    print(f"bench_attention: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_shapes(text):
-    """'16x12x1024x64,4x12x4096x64' -> [(16, 12, 1024, 64), (4, 12, 4096, 64)] (B x H x T x D)."""
-    out = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            usage_error(f"--shapes: {item.strip()!r} is not BxHxTxD with positive integers, e.g. 16x12x1024x64")
-        out.append(tuple(int(p) for p in parts))
-    return out
-
-
-def parse_providers(text):
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PROVIDERS]
-    if unknown or not names:
-        usage_error(f"--providers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROVIDERS)}")
-    return names
-
-
 def shapes(quick, device):
     if quick or device == "cpu":
         return [(2, 4, 256, 64), (1, 4, 512, 128)] if device == "cpu" else [(16, 12, 1024, 64), (4, 12, 4096, 64)]
@@ -206,14 +143,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "attention.csv")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "attention.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     parser.add_argument("--shapes", help="comma-separated BxHxTxD, e.g. 16x12x1024x64 (default: the sweep, or --quick's)")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
                         help=f"comma-separated subset of {','.join(PROVIDERS)}")
     args = parser.parse_args(argv)
-    shapes_given = parse_shapes(args.shapes) if args.shapes else None
-    providers = {name: PROVIDERS[name] for name in parse_providers(args.providers)}
+    shapes_given = parse_shapes(PROG, args.shapes, "BxHxTxD", "16x12x1024x64") if args.shapes else None
+    providers = {name: PROVIDERS[name] for name in parse_names(PROG, "--providers", args.providers, PROVIDERS)}
     dtype = DTYPES[args.dtype]
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_attention: --device cuda but no CUDA device is visible")
@@ -221,8 +158,7 @@ def main(argv=None):
         dtype = torch.float32  # CPU bf16 matmuls measure nothing useful
     timer = Timer(args.device, args.reps if args.device == "cuda" else 3)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-            "commit": git_commit(), "dtype": str(dtype).removeprefix("torch.")}
+    meta = {**run_meta(gpu=gpu), "dtype": str(dtype).removeprefix("torch.")}
     print(f"# {gpu}, torch {torch.__version__}, {meta['dtype']}, commit {meta['commit']}")
     print(toykernels.backend_info(args.device))
 

@@ -17,12 +17,12 @@ import csv
 import datetime
 import platform
 import statistics
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import regex
+from benchlib import git_commit
 from toygpt.tokenizers import BPETokenizer, GPT2Tokenizer
 from toygpt.tokenizers.bpe import merge_pair
 from toygpt.tokenizers.gpt2_files import GPT2_SPLIT_PATTERN
@@ -121,9 +121,7 @@ def main() -> None:
         print(f"(tiktoken gpt2 skipped: {e})")
 
     if args.csv:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip()
-        meta = {"date": datetime.date.today().isoformat(), "commit": commit,
+        meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(default=""),
                 "cpu": platform.processor() or platform.machine(), "text": args.text.name}
         new_file = not args.csv.exists()
         with open(args.csv, "a", newline="") as f:

@@ -23,11 +23,11 @@ import argparse
 import csv
 import datetime
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from benchlib import git_commit
 from toygpt import GPT, GPTConfig
 from toygpt.hf import hf_to_toygpt, load_checked
 
@@ -182,8 +182,7 @@ def bench_cuda(args):
     model, _ = make_models(args.seed, with_hf=False)
     model = model.to("cuda", dtype=torch.bfloat16)
     gpu = torch.cuda.get_device_name()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
+    commit = git_commit(default="")
     rows = []
     for batch in args.batches:
         idx = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device="cuda")

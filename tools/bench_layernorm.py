@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,8 +39,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import toykernels
+from benchlib import RESULTS, Timer, parse_names, parse_shapes, run_meta
 
-REPO = Path(__file__).resolve().parents[1]
+PROG = "bench_layernorm"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("fwd", "bwd", "fwd+bwd")
 SHAPES = [(8192, 768), (65536, 768), (16384, 1600), (32768, 4096), (16384, 8192)]
@@ -80,32 +79,6 @@ def bytes_moved(N, C, element_size, mode):
     forward = (2 * N * C + 2 * C) * element_size
     backward = (3 * N * C + 3 * C) * element_size
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[mode]
-
-
-class Timer:
-    """Median milliseconds of fn(), the L2 flushed before each run (CUDA), or wall time (CPU)."""
-
-    def __init__(self, device, reps):
-        self.device, self.reps = device, reps
-        self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if device == "cuda" else None
-
-    def __call__(self, fn):
-        fn()  # warm-up: first-call builds, compile, allocator
-        times = []
-        for _ in range(self.reps):
-            if self.device == "cuda":
-                self.flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
 
 
 def copy_bandwidth(device, timer):
@@ -200,55 +173,21 @@ def per_call_latency(device, reps):
                   + f"   toykernels / torch {us['toykernels'] / us['torch']:4.1f}x")  # fmt: skip
 
 
-def usage_error(message):
-    """A command-line error: one line, exit status 2."""
-    print(f"bench_layernorm: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_shapes(text):
-    """'32768x4096,8192x768' -> [(32768, 4096), (8192, 768)]."""
-    shapes = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            usage_error(f"--shapes: {item.strip()!r} is not NxC with positive integers, e.g. 32768x4096")
-        shapes.append((int(parts[0]), int(parts[1])))
-    return shapes
-
-
-def parse_providers(text):
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PROVIDERS]
-    if unknown or not names:
-        usage_error(f"--providers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROVIDERS)}")
-    return names
-
-
-def git_commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=[*sorted(DTYPES), "all"], default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "layernorm.csv")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "layernorm.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     parser.add_argument("--per-call", action="store_true", help="time 25 small calls instead (see above)")
     parser.add_argument("--shapes", help="comma-separated NxC, e.g. 32768x4096 (default: the sweep, or --quick's)")
     parser.add_argument("--providers", default=",".join(PROVIDERS),
                         help=f"comma-separated subset of {','.join(PROVIDERS)}")
     args = parser.parse_args(argv)
-    shapes_given = parse_shapes(args.shapes) if args.shapes else None
-    providers_given = parse_providers(args.providers)
+    shapes_given = parse_shapes(PROG, args.shapes, "NxC", "32768x4096") if args.shapes else None
+    providers_given = parse_names(PROG, "--providers", args.providers, PROVIDERS)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_layernorm: --device cuda but no CUDA device is visible")
     if args.per_call:
@@ -264,7 +203,7 @@ def main(argv=None):
     timer = Timer(args.device, reps)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     copy_gbps = copy_bandwidth(args.device, timer)
-    meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(), "commit": git_commit()}
+    meta = run_meta(gpu=gpu)
     print(f"# {gpu}, torch {torch.__version__}, commit {meta['commit']}, copy bandwidth {copy_gbps:.0f} GB/s")
     providers = make_providers(providers_given)
 

@@ -5,8 +5,8 @@
 The step is the demo's (toygrad/demo.py): forward of MLP(2, [16, 16, 1]) over 100 moons points,
 max-margin loss + 1e-4 L2, zero_grad, backward, SGD update. Providers:
 - toygrad:  toygrad.engine / toygrad.nn (n-ary dot nodes, __slots__, iterative topo sort).
-- baseline: written out below, micrograd's engine as it is in its repository: one binary node per
-            + and *, a set of children, a fresh lambda per node, recursive topological sort.
+- baseline: toygrad.micrograd, micrograd's engine as it is in its repository: one binary node per
+            + and *, a set of children, a fresh closure per node, recursive topological sort.
 Both start from the same weights (random.seed(1337)) and their first losses are checked to agree
 before anything is timed. Reported: median / min / max wall-clock ms per step over the repeats, and
 CPU ms per step (process time: less disturbed when other processes share the cores), and the
@@ -20,109 +20,19 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import git_commit
+from toygrad import micrograd
 from toygrad.datasets import make_moons
 from toygrad.demo import loss_and_accuracy
 from toygrad.nn import MLP
 
-# ---- the baseline: a straightforward closure-per-node engine (micrograd's design) ----
-
-
-class BaselineValue:
-    def __init__(self, data, _children=(), _op=""):
-        self.data = data
-        self.grad = 0
-        self._backward = lambda: None
-        self._prev = set(_children)
-        self._op = _op
-
-    def __add__(self, other):
-        other = other if isinstance(other, BaselineValue) else BaselineValue(other)
-        out = BaselineValue(self.data + other.data, (self, other), "+")
-
-        def _backward():
-            self.grad += out.grad
-            other.grad += out.grad
-
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = other if isinstance(other, BaselineValue) else BaselineValue(other)
-        out = BaselineValue(self.data * other.data, (self, other), "*")
-
-        def _backward():
-            self.grad += other.data * out.grad
-            other.grad += self.data * out.grad
-
-        out._backward = _backward
-        return out
-
-    def relu(self):
-        out = BaselineValue(0 if self.data < 0 else self.data, (self,), "ReLU")
-
-        def _backward():
-            self.grad += (out.data > 0) * out.grad
-
-        out._backward = _backward
-        return out
-
-    def backward(self):
-        topo, visited = [], set()
-
-        def build_topo(v):
-            if v not in visited:
-                visited.add(v)
-                for child in v._prev:
-                    build_topo(child)
-                topo.append(v)
-
-        build_topo(self)
-        self.grad = 1
-        for v in reversed(topo):
-            v._backward()
-
-    def __neg__(self):
-        return self * -1
-
-    def __radd__(self, other):
-        return self + other
-
-    def __rmul__(self, other):
-        return self * other
-
-
-class BaselineMLP:
-    def __init__(self, nin, nouts):
-        sizes = [nin] + nouts
-        # [layer][neuron] -> (weights, bias, nonlin), drawn in micrograd's order
-        self.layers = []
-        for i in range(len(nouts)):
-            neurons = []
-            for _ in range(sizes[i + 1]):
-                w = [BaselineValue(random.uniform(-1, 1)) for _ in range(sizes[i])]
-                neurons.append((w, BaselineValue(0), i != len(nouts) - 1))
-            self.layers.append(neurons)
-
-    def __call__(self, x):
-        for neurons in self.layers:
-            out = []
-            for w, b, nonlin in neurons:
-                act = sum((wi * xi for wi, xi in zip(w, x)), b)
-                out.append(act.relu() if nonlin else act)
-            x = out
-        return x[0]
-
-    def parameters(self):
-        return [p for neurons in self.layers for w, b, _ in neurons for p in w + [b]]
-
 
 def baseline_loss(model, X, y, alpha):
-    scores = [model([BaselineValue(x1), BaselineValue(x2)]) for x1, x2 in X]
+    scores = [model([micrograd.Value(x1), micrograd.Value(x2)]) for x1, x2 in X]
     losses = [(1 + -yi * s).relu() for yi, s in zip(y, scores)]
     data_loss = sum(losses) * (1.0 / len(losses))
     return data_loss + alpha * sum(p * p for p in model.parameters())
@@ -140,7 +50,7 @@ def make_step(provider, X, y, alpha=1e-4, lr=0.5):
         def loss_fn():
             return loss_and_accuracy(model, X, y, alpha)[0]
     else:
-        model = BaselineMLP(2, [16, 16, 1])
+        model = micrograd.MLP(2, [16, 16, 1])
         params = model.parameters()
 
         def loss_fn():
@@ -168,15 +78,6 @@ def time_steps(step, repeats, warmup=1):
         wall.append(1000 * (time.perf_counter() - w0))
         cpu.append(1000 * (time.process_time() - c0))
     return wall, cpu
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def main(argv=None):

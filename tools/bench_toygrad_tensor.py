@@ -30,11 +30,11 @@ import csv
 import datetime
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from benchlib import git_commit
 from toygrad.tensor.nn import GPT, GPTConfig
 from toygrad.tensor.reference import TorchGPT
 
@@ -204,11 +204,7 @@ def main():
     print(f"{'mode':8s} {'toygrad ms':>11s} " + " ".join(f"{n + ' ms':>11s} {'ratio':>6s}" for n in others)
           + "   (ratio = toygrad / that provider)")
     rows = []
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit(default="")
     for mode in ("fwd+bwd", "full"):
         t = results[(mode, "toygrad")]
         print(f"{mode:8s} {t:11.2f} " + " ".join(

@@ -53,7 +53,6 @@ import argparse
 import csv
 import datetime
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +62,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from benchlib import git_commit
 from toygpt import GPT, GPTConfig
 from toygpt.train import flops_per_token, make_config, peak_flops, train
 
@@ -163,14 +163,6 @@ def make_pair(config: GPTConfig, device: str, seed: int):
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_name(device: str) -> str:

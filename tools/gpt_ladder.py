@@ -44,7 +44,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from benchlib import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -394,11 +394,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = ""
+    commit = git_commit(default="")
     return {"cpu": cpu, "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "commit": commit}
 

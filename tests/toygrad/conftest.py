@@ -1,146 +1,19 @@
 """Test helpers for toygrad: a reference engine with micrograd's semantics.
 
-`micrograd_ref` is a deliberately plain re-statement of micrograd's engine and nn (binary nodes, a
-closure per node, recursive topological sort): the behaviour toygrad promises to match. With
---import-mode=importlib a conftest cannot be imported by the tests, so it is served as a fixture.
+`micrograd_ref` is toygrad.micrograd, a deliberately plain re-statement of micrograd's engine and
+nn (binary nodes, a closure per node, recursive topological sort): the behaviour toygrad promises
+to match. With --import-mode=importlib a conftest cannot be imported by the tests, so it is
+served as a fixture.
 """
 
-import random
 import types
 
 import pytest
-
-
-class RefValue:
-    def __init__(self, data, _children=(), _op=""):
-        self.data = data
-        self.grad = 0
-        self._backward = lambda: None
-        self._prev = set(_children)
-        self._op = _op
-
-    def __add__(self, other):
-        other = other if isinstance(other, RefValue) else RefValue(other)
-        out = RefValue(self.data + other.data, (self, other), "+")
-
-        def _backward():
-            self.grad += out.grad
-            other.grad += out.grad
-
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = other if isinstance(other, RefValue) else RefValue(other)
-        out = RefValue(self.data * other.data, (self, other), "*")
-
-        def _backward():
-            self.grad += other.data * out.grad
-            other.grad += self.data * out.grad
-
-        out._backward = _backward
-        return out
-
-    def __pow__(self, other):
-        out = RefValue(self.data**other, (self,), f"**{other}")
-
-        def _backward():
-            self.grad += (other * self.data ** (other - 1)) * out.grad
-
-        out._backward = _backward
-        return out
-
-    def relu(self):
-        out = RefValue(0 if self.data < 0 else self.data, (self,), "ReLU")
-
-        def _backward():
-            self.grad += (out.grad if out.data > 0 else 0)
-
-        out._backward = _backward
-        return out
-
-    def backward(self):
-        topo, visited = [], set()
-
-        def build_topo(v):
-            if v not in visited:
-                visited.add(v)
-                for child in v._prev:
-                    build_topo(child)
-                topo.append(v)
-
-        build_topo(self)
-        self.grad = 1
-        for v in reversed(topo):
-            v._backward()
-
-    def __neg__(self):
-        return self * -1
-
-    def __radd__(self, other):
-        return self + other
-
-    def __sub__(self, other):
-        return self + (-other)
-
-    def __rsub__(self, other):
-        return other + (-self)
-
-    def __rmul__(self, other):
-        return self * other
-
-    def __truediv__(self, other):
-        return self * other**-1
-
-    def __rtruediv__(self, other):
-        return other * self**-1
-
-
-class RefNeuron:
-    def __init__(self, nin, nonlin=True):
-        self.w = [RefValue(random.uniform(-1, 1)) for _ in range(nin)]
-        self.b = RefValue(0)
-        self.nonlin = nonlin
-
-    def __call__(self, x):
-        act = sum((wi * xi for wi, xi in zip(self.w, x)), self.b)
-        return act.relu() if self.nonlin else act
-
-    def parameters(self):
-        return self.w + [self.b]
-
-
-class RefLayer:
-    def __init__(self, nin, nout, **kwargs):
-        self.neurons = [RefNeuron(nin, **kwargs) for _ in range(nout)]
-
-    def __call__(self, x):
-        out = [n(x) for n in self.neurons]
-        return out[0] if len(out) == 1 else out
-
-    def parameters(self):
-        return [p for n in self.neurons for p in n.parameters()]
-
-
-class RefMLP:
-    def __init__(self, nin, nouts):
-        sz = [nin] + nouts
-        self.layers = [RefLayer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1) for i in range(len(nouts))]
-
-    def __call__(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def zero_grad(self):
-        for p in self.parameters():
-            p.grad = 0
+from toygrad import micrograd
 
 
 @pytest.fixture(scope="session")
 def micrograd_ref():
     """A namespace with Value, Neuron, Layer, MLP: micrograd's semantics, written out plainly."""
-    return types.SimpleNamespace(Value=RefValue, Neuron=RefNeuron, Layer=RefLayer, MLP=RefMLP)
+    return types.SimpleNamespace(Value=micrograd.Value, Neuron=micrograd.Neuron, Layer=micrograd.Layer,
+                                 MLP=micrograd.MLP)

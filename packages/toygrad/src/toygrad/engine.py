@@ -267,31 +267,38 @@ class Value:
             node._backward(node.grad)
 
     def _topological_order(self, include_leaves=True):
-        """Nodes so that each comes after all of its children (an iterative depth-first search).
-
-        An explicit stack instead of recursion, so graph depth is limited by memory, not by
-        Python's recursion limit. Each stack entry is (node, children_done): a node is pushed
-        once to expand its children and once more to be emitted after them.
-        """
-        topo = []
-        visited = set()
-        stack = [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)
-                continue
-            if node in visited:
-                continue
-            visited.add(node)
-            stack.append((node, True))
-            for child in node._prev:
-                if child not in visited and (include_leaves or child._prev):
-                    stack.append((child, False))
-        return topo
+        return topological_order(self, include_leaves)
 
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
+
+
+def topological_order(root, include_leaves=True):
+    """The nodes below `root` (by `._prev`), each after all of its children: an iterative
+    depth-first search. toygrad.tensor's Tensor.backward uses it too.
+
+    An explicit stack instead of recursion, so graph depth is limited by memory, not by
+    Python's recursion limit. Each stack entry is (node, children_done): a node is pushed
+    once to expand its children and once more to be emitted after them. Nodes are told apart
+    by id(): a Tensor's == is elementwise, so it cannot go in a set. include_leaves=False leaves
+    out the nodes without children, except the root.
+    """
+    topo = []
+    visited = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            topo.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for child in node._prev:
+            if id(child) not in visited and (include_leaves or child._prev):
+                stack.append((child, False))
+    return topo
 
 
 # ---- n-ary nodes: one node (and one closure) for what would otherwise be a chain of many ----

@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from toygrad.engine import topological_order
+
 __all__ = ["Tensor", "no_grad", "is_grad_enabled", "tensor"]
 
 _grad_enabled = True
@@ -559,22 +561,7 @@ class Tensor:
         if self._op and not self._prev:
             raise RuntimeError(_FREED)
 
-        # iterative topological sort (a deep graph must not hit Python's recursion limit)
-        topo, visited = [], set()
-        stack = [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)
-                continue
-            if id(node) in visited:
-                continue
-            visited.add(id(node))
-            stack.append((node, True))
-            for child in node._prev:
-                if id(child) not in visited:
-                    stack.append((child, False))
-
+        topo = topological_order(self)  # iterative: a deep graph must not hit the recursion limit
         self._accum(gradient)
         while topo:  # reverse topological order; popping lets each finished node be freed
             node = topo.pop()
