@@ -1,9 +1,12 @@
-"""Datasets: a small download registry, and random batches from a memory-mapped token file.
+"""Datasets: a small download registry, and random batches from memory-mapped token files.
 
 The on-disk format is nanoGPT's: `train.bin` / `val.bin` hold the token ids back to back as
 uint16 (uint32 when the vocabulary does not fit), with `meta.json` beside them saying which
-(see prepare.py). A batch is B windows of block_size + 1 tokens at random offsets; x is each
-window without its last token, y without its first.
+(see prepare.py). A corpus larger than memory is cut into shards instead (build-nanogpt's
+layout, see shards.py): meta.json lists them, and `load_tokens` maps a split's shards as one
+stream (`ShardedTokens`), so that everything below reads either format the same way. A batch is
+B windows of block_size + 1 tokens at random offsets of that stream (a window may span two
+shards); x is each window without its last token, y without its first.
 
 Reproducibility: the offsets of a batch are a function of (seed, step, micro-step) alone, not of
 an RNG that runs along with training. A resumed run draws the batches the uninterrupted run would
@@ -32,17 +35,30 @@ from toygpt.errors import ToyGPTError
 @dataclass(frozen=True)
 class RemoteText:
     url: str
-    sha256: str
+    sha256: str | None  # None: the publisher gives no checksum to hold the download to
     filename: str
 
 
-DATASETS = {
+DATASETS: dict[str, RemoteText | tuple[RemoteText, ...]] = {
     "shakespeare": RemoteText(
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         filename="tinyshakespeare.txt",
     ),
+    # build-nanogpt's corpus: FineWeb-Edu's 10B-token sample, 14 Parquet files (~27 GB)
+    "fineweb-edu-10B": tuple(
+        RemoteText(url=f"https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main/"
+                       f"sample/10BT/{i:03d}_00000.parquet",
+                   sha256=None, filename=f"fineweb-edu-10B/{i:03d}_00000.parquet")
+        for i in range(14)
+    ),
 }
+
+# the HellaSwag validation set (10,042 examples), as build-nanogpt and llm.c download it
+HELLASWAG_VAL = RemoteText(
+    url="https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
+    sha256=None, filename="hellaswag_val.jsonl",
+)
 
 
 def cache_dir() -> Path:
@@ -63,7 +79,17 @@ def _reachable(url: str, timeout: float) -> bool:
     return net.reachable(url, timeout)
 
 
-def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: float = 10.0) -> Path:
+def fetch_all(name: str, registry: dict | None = None, timeout: float = 10.0) -> list[Path]:
+    """The paths of every file of dataset `name` (one for a text, several for a corpus), each
+    as `fetch` gets it: a failed download leaves the files before it in the cache."""
+    registry = DATASETS if registry is None else registry
+    entries = registry.get(name)
+    if isinstance(entries, tuple):
+        return [fetch_file(name, entry, timeout) for entry in entries]
+    return [fetch(name, registry, timeout)]
+
+
+def fetch(name: str, registry: dict | None = None, timeout: float = 10.0) -> Path:
     """Path of dataset `name`'s text: from the cache, else downloaded, checked and cached.
 
     Offline (the host does not answer within `timeout` seconds, DNS included) it fails at once
@@ -74,8 +100,15 @@ def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: flo
         raise ToyGPTError(f"unknown dataset {name!r}; known: {', '.join(sorted(registry))} "
                           "(or pass --input FILE)")
     entry = registry[name]
+    if isinstance(entry, tuple):
+        raise ToyGPTError(f"dataset {name!r} is {len(entry)} files: use fetch_all")
+    return fetch_file(name, entry, timeout)
+
+
+def fetch_file(name: str, entry: RemoteText, timeout: float = 10.0) -> Path:
+    """One file of dataset `name`: from the cache, else downloaded, checked and cached."""
     path = cache_dir() / "datasets" / entry.filename
-    if path.is_file() and sha256_of(path) == entry.sha256:
+    if path.is_file() and (entry.sha256 is None or sha256_of(path) == entry.sha256):
         return path
     offline = (f"offline? download {entry.url} elsewhere and pass it with --input FILE "
                f"(e.g. `toygpt prepare --input input.txt ...`)")
@@ -95,7 +128,7 @@ def fetch(name: str, registry: dict[str, RemoteText] | None = None, timeout: flo
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         tmp.unlink(missing_ok=True)
         raise ToyGPTError(f"could not download dataset {name!r} from {entry.url} ({e}); {offline}") from None
-    digest = sha256_of(tmp)
+    digest = sha256_of(tmp) if entry.sha256 is not None else None
     if digest != entry.sha256:
         tmp.unlink(missing_ok=True)
         raise ToyGPTError(f"dataset {name!r} from {entry.url} has sha256 {digest}, "
@@ -121,14 +154,79 @@ def read_meta(data_dir: str | Path) -> dict:
 def data_identity(meta: dict) -> dict:
     """What makes two prepared directories the same data, for a checkpoint to record: meta.json
     without the source's path (the same text, tokenizer and split give the same tokens wherever
-    the text lies; the text's and the tokenizer's sha256 are in it)."""
-    return {k: v for k, v in meta.items() if k != "source"}
+    the text lies; the text's and the tokenizer's sha256 are in it). A sharded corpus's inputs
+    are left out too: its shards' sha256s say which tokens it holds."""
+    return {k: v for k, v in meta.items() if k not in ("source", "inputs")}
 
 
-def load_tokens(data_dir: str | Path, split: str) -> np.memmap:
-    """The token ids of `split` ("train" or "val") as a read-only memory map, after checking the
-    file's size against meta.json's dtype and token count (a truncated file is an error)."""
+class ShardedTokens:
+    """The shards of one split as one read-only token sequence: `len()` and slices `[a:b]`,
+    which is all `batch_offsets` and `get_batch` ask of a token array. Each shard is memory
+    mapped on first use, so a corpus of any size costs only the pages that batches touch."""
+
+    def __init__(self, paths: list[Path], counts: list[int], dtype: np.dtype):
+        self.paths, self.dtype = paths, dtype
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # shard i: starts[i]:starts[i+1]
+        self._maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _shard(self, i: int) -> np.memmap:
+        if i not in self._maps:
+            self._maps[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r")
+        return self._maps[i]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("ShardedTokens takes slices [start:stop] only")
+        start, stop, _ = index.indices(len(self))
+        if start >= stop:
+            return np.empty(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        parts = []
+        i = first
+        while start < stop:
+            begin, end = int(self.starts[i]), int(self.starts[i + 1])
+            take = min(stop, end) - start
+            parts.append(self._shard(i)[start - begin : start - begin + take])
+            start += take
+            i += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[0 : len(self)]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _load_shards(data_dir: Path, meta: dict, split: str) -> ShardedTokens:
+    """The shards meta.json lists for `split`, each file's size checked against its token count."""
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    paths, counts = [], []
+    for shard in meta["shards"]:
+        if shard.get("split") != split:
+            continue
+        path = data_dir / shard["file"]
+        if not path.is_file():
+            raise ToyGPTError(f"{path} not found: meta.json lists it as a {split} shard")
+        size = path.stat().st_size
+        if size != shard["tokens"] * dtype.itemsize:
+            raise ToyGPTError(f"{path} holds {size // dtype.itemsize} tokens but meta.json says "
+                              f"{shard['tokens']}: it is truncated or from another `toygpt prepare` run")
+        paths.append(path)
+        counts.append(shard["tokens"])
+    if not paths or sum(counts) == 0:
+        raise ToyGPTError(f"{data_dir / 'meta.json'} lists no {split} tokens")
+    return ShardedTokens(paths, counts, dtype)
+
+
+def load_tokens(data_dir: str | Path, split: str) -> np.memmap | ShardedTokens:
+    """The token ids of `split` ("train" or "val") as a read-only memory map (or, for a sharded
+    corpus, the maps of its shards as one sequence), after checking each file's size against
+    meta.json's dtype and token count (a truncated file is an error)."""
     meta = read_meta(data_dir)
+    if "shards" in meta:
+        return _load_shards(Path(data_dir), meta, split)
     path = Path(data_dir) / f"{split}.bin"
     if not path.is_file():
         raise ToyGPTError(f"{path} not found")

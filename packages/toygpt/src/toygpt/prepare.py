@@ -1,5 +1,9 @@
 """`toygpt prepare`: tokenize a text once into train.bin / val.bin for the trainer.
 
+A corpus (several files, a directory, JSON Lines or Parquet, `--shard-tokens`, or a registered
+corpus such as fineweb-edu-10B) goes to shards.py instead: GPT-2 tokens in shards, streamed,
+in a pool of processes, resumable. The trainer reads both layouts alike (data.load_tokens).
+
 Like nanoGPT's data/*/prepare.py scripts, folded into one command: the text's first
 (1 - val_fraction) of tokens go to train.bin, the rest to val.bin (split where nanoGPT splits),
 as uint16 when the vocabulary fits (2 bytes a token) and uint32 otherwise. meta.json records the
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toygpt.data import fetch, sha256_of
+from toygpt.data import sha256_of
 from toygpt.errors import ToyGPTError
 from toygpt.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -117,23 +121,64 @@ def _tokenizer_spec(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from toygpt.flags import between, help_text, parse_float, value_type
+    from toygpt.flags import between, help_text, parse_float, parse_int, value_type
 
     fraction = between(0, 1, lo_open=True, hi_open=True)
+    from toygpt.data import DATASETS
+    from toygpt.shards import SHARD_TOKENS
+
+    shard_tokens = between(2, 2**62)
+    workers = between(0, 1024)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", metavar="FILE", help="a local UTF-8 text file")
-    source.add_argument("--dataset", metavar="NAME", help="a registered dataset to download (shakespeare)")
-    parser.add_argument("--tokenizer", type=_tokenizer_spec, default="char",
+    source.add_argument("--input", metavar="FILE", nargs="+",
+                        help="local UTF-8 text file(s); several files, a directory, .jsonl or .parquet "
+                             "files make a sharded GPT-2 corpus")
+    source.add_argument("--dataset", metavar="NAME",
+                        help=f"a registered dataset to download ({', '.join(DATASETS)})")
+    parser.add_argument("--tokenizer", type=_tokenizer_spec, default=None,
                         help="char, gpt2 or bpe:VOCAB (a byte-level BPE trained on the text, VOCAB > 256 "
-                             "ids, fewer if the text runs out of repeated pairs)")
+                             "ids, fewer if the text runs out of repeated pairs); default char for one "
+                             "text, gpt2 (the only choice) for a sharded corpus")
+    parser.add_argument("--shard-tokens", type=value_type(parse_int, shard_tokens), default=None, metavar="N",
+                        help=help_text(f"write shards of N tokens, the first for val (default for a corpus: "
+                                       f"{SHARD_TOKENS:,})", shard_tokens))
+    parser.add_argument("--workers", type=value_type(parse_int, workers), default=None, metavar="N",
+                        help=help_text("tokenizing processes for a corpus (default: one per CPU; 0: no pool)",
+                                       workers))
+    parser.add_argument("--text-field", default="text", metavar="NAME",
+                        help="the field (JSON Lines) or column (Parquet) that holds a document's text")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace the data --out already holds")
     parser.add_argument("--val-fraction", type=value_type(parse_float, fraction), default=0.1,
                         help=help_text("share of tokens for val.bin", fraction))
 
 
+def is_corpus(inputs: list[Path], shard_tokens: int | None) -> bool:
+    """Whether the inputs go to shards (shards.py) rather than to one train.bin / val.bin."""
+    from toygpt.shards import TEXT_SUFFIXES
+
+    return (shard_tokens is not None or len(inputs) > 1
+            or any(p.is_dir() or p.suffix.lower() not in TEXT_SUFFIXES for p in inputs))
+
+
 def run(args: argparse.Namespace) -> None:
-    text_path = Path(args.input) if args.input else fetch(args.dataset)
+    from toygpt.data import fetch_all
+
+    inputs = [Path(p) for p in args.input] if args.input else fetch_all(args.dataset)
+    if is_corpus(inputs, args.shard_tokens):
+        from toygpt.shards import SHARD_TOKENS, prepare_shards
+
+        if args.tokenizer not in (None, "gpt2"):
+            raise ToyGPTError(f"--tokenizer {args.tokenizer}: a sharded corpus is tokenized with gpt2 "
+                              "(char and bpe: need the whole text in memory); pass one text file for those")
+        meta = prepare_shards(inputs, args.out, args.shard_tokens or SHARD_TOKENS, workers=args.workers,
+                              text_field=args.text_field, overwrite=args.overwrite,
+                              progress_bar=sys.stderr.isatty())
+        print(f"wrote {args.out}: {len(meta['shards'])} shards, {meta['documents']:,} documents, "
+              f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens (gpt2 tokenizer, uint16)")
+        return
+    args.tokenizer = args.tokenizer or "char"
+    text_path = inputs[0]
     meta = prepare(text_path, args.tokenizer, args.out, args.val_fraction, overwrite=args.overwrite)
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']} tokenizer, {meta['vocab_size']} ids, {meta['dtype']})")
