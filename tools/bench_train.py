@@ -1,6 +1,6 @@
 """Training speed and quality: toygpt's GPT and trainer against a plain PyTorch GPT and nanoGPT's figures.
 
-Four modes, one per question issue 6 asks:
+Four modes, one question each:
 
 1. CPU step time (the default). nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 channels,
    context 64, batch 12, dropout 0, no biases, vocab 65): one training step (forward, backward,
@@ -64,7 +64,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from benchlib import git_commit
 from toygpt import GPT, GPTConfig
-from toygpt.train import flops_per_token, make_config, peak_flops, train
+from toygpt.config import make_config
+from toygpt.metrics import flops_per_token, peak_flops
+from toygpt.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -382,7 +384,7 @@ def quality_run(name: str, data_dir: Path, out_dir: Path, preset: str, settings:
                 device: str):
     """Train with toygpt's trainer; returns (result, wall seconds, train loss, val loss), where
     the losses are evaluated afresh over `eval_batches` batches per split."""
-    from toygpt.train import TokenBatches
+    from toygpt.batches import TokenBatches
 
     cfg = make_config(preset, data=str(data_dir), out=str(out_dir / name), overwrite=True, device=device,
                       sample_tokens=0, progress=sys.stderr.isatty(), **settings)
@@ -451,7 +453,7 @@ def bench_quality(args, meta: dict) -> list[dict]:
                   f"{statistics.mean(recipe_vals):.4f}, {min(recipe_vals):.4f} to {max(recipe_vals):.4f}",
                   flush=True)
 
-        # the MyGPT seed, stopped at iteration 1500 (its schedule is constant, so stopping early
+        # dx-dtran/MyGPT's model (mygpt-char), stopped at iteration 1500 (its schedule is constant, so stopping early
         # trains exactly the first 1500 steps of the full run)
         result, wall, tr, va = quality_run("mygpt-char", data_dir, runs, "mygpt-char",
                                            dict(max_iters=20 if args.smoke else MYGPT_STEP,

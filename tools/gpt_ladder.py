@@ -211,7 +211,7 @@ def lecture_config(step: int, **overrides):
     (1e-2 for the bigram, 1e-3 once attention is in), torch's AdamW defaults, no clipping,
     evaluation every 500 steps over 200 batches. The `bigram` preset holds all but the lr and
     the length (it is the lecture's bigram.py: 3000 steps)."""
-    from toygpt.train import make_config
+    from toygpt.config import make_config
 
     lr = 1e-2 if step == 1 else 1e-3
     lecture = dict(learning_rate=lr, max_iters=5000, eval_interval=500, eval_iters=200, sample_tokens=0,
@@ -282,7 +282,9 @@ def build_step_model(step: int, vocab_size: int):
 
 
 def run_step(step: int, data_dir: Path, out_dir: Path, args) -> dict:
-    from toygpt.train import TokenBatches, make_config, train
+    from toygpt.batches import TokenBatches
+    from toygpt.config import make_config
+    from toygpt.train import train
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -336,7 +338,8 @@ def run_step(step: int, data_dir: Path, out_dir: Path, args) -> dict:
 def check_trainer(data_dir: Path, out_dir: Path, iters: int = 30) -> float:
     """Train the bigram for `iters` steps with toygpt.train.train and with train_ladder_model;
     the largest difference between their per-step losses (0.0 when the loop is the trainer's)."""
-    from toygpt.train import TokenBatches, train
+    from toygpt.batches import TokenBatches
+    from toygpt.train import train
 
     cfg = lecture_config(1, data=str(data_dir), max_iters=iters, eval_interval=iters, eval_iters=5,
                          out=str(out_dir / "check-trainer"), overwrite=True)

@@ -105,13 +105,13 @@ def cmd_env(args) -> int:
           f"cusparse.h: NOT FOUND in {', '.join(map(str, dirs)) or 'any CUDA include folder'}")
     print(f"compute-sanitizer: {shutil.which('compute-sanitizer') or find_sanitizer() or 'NOT FOUND'}")
     if torch.cuda.is_available():
-        from toygpt.train import PEAK_FLOPS, peak_flops
+        from toygpt.metrics import PEAK_FLOPS, peak_flops
 
         name = torch.cuda.get_device_name()
         peak = peak_flops("cuda")
         key = next((k for k in PEAK_FLOPS if k in name), None)
-        print(f"MFU peak: {peak / 1e12:.0f} TFLOP/s bf16 dense (toygpt.train.PEAK_FLOPS[{key!r}])" if peak
-              else f"MFU peak: none known for {name!r} (toygpt.train.PEAK_FLOPS): no MFU figures")
+        print(f"MFU peak: {peak / 1e12:.0f} TFLOP/s bf16 dense (toygpt.metrics.PEAK_FLOPS[{key!r}])" if peak
+              else f"MFU peak: none known for {name!r} (toygpt.metrics.PEAK_FLOPS): no MFU figures")
     import toykernels
 
     print(toykernels.backend_info())

@@ -9,17 +9,16 @@ test that covers it.
 import numpy as np
 import pytest
 import torch
-from toygpt import data, train
+from toygpt import data, metrics, runtime
 from toygpt.model import adamw
-from toygpt.train import TrainConfig
 
 
 @pytest.mark.parametrize("bf16_supported, want", [(True, torch.bfloat16), (False, torch.float16)])
 def test_dtype_auto_on_cuda_is_bf16_else_fp16(monkeypatch, bf16_supported, want):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
-    assert train._autocast_dtype(TrainConfig(dtype="auto"), "cuda") == want
-    assert train._autocast_dtype(TrainConfig(dtype="auto"), "cpu") == torch.float32
-    assert train._autocast_dtype(TrainConfig(dtype="float16"), "cuda") == torch.float16
+    assert runtime.autocast_dtype("auto", "cuda") == want
+    assert runtime.autocast_dtype("auto", "cpu") == torch.float32
+    assert runtime.autocast_dtype("float16", "cuda") == torch.float16
 
 
 def test_fused_adamw_steps_cuda_parameters(fake_cuda):
@@ -64,12 +63,12 @@ def test_ddp_on_cuda_uses_nccl_and_the_local_rank_device(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(train, "resolve_device", lambda name: "cuda")
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: "cuda")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("device", device))
-    monkeypatch.setattr(train.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(train.dist, "init_process_group",
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.dist, "init_process_group",
                         lambda backend: calls.setdefault("backend", backend))
-    assert train._setup_distributed(TrainConfig(device="cuda")) == (1, 1, 2, "cuda:1")
+    assert runtime.setup_distributed("cuda") == (1, 1, 2, "cuda:1")
     assert calls == {"device": "cuda:1", "backend": "nccl"}
 
 
@@ -78,8 +77,8 @@ def test_ddp_on_cuda_uses_nccl_and_the_local_rank_device(monkeypatch):
                                         ("Some Future GPU", None)])
 def test_mfu_peak_by_gpu_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert train.peak_flops("cuda:0") == peak
-    assert train.peak_flops("cpu") is None
+    assert metrics.peak_flops("cuda:0") == peak
+    assert metrics.peak_flops("cpu") is None
 
 
 def test_checkpoints_carry_the_cuda_generators_state(monkeypatch):
@@ -90,10 +89,10 @@ def test_checkpoints_carry_the_cuda_generators_state(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda_states])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
-    state = train._rng_state()
+    state = runtime.rng_state()
     assert [torch.equal(a, b) for a, b in zip(state["cuda"], cuda_states)] == [True, True]
-    train._set_rng_state(state)
+    runtime.set_rng_state(state)
     assert len(restored) == 2 and torch.equal(restored[1], cuda_states[1])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    train._set_rng_state(state)  # no GPU here: the CPU generator only, no error
+    runtime.set_rng_state(state)  # no GPU here: the CPU generator only, no error
     assert len(restored) == 2

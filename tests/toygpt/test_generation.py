@@ -236,8 +236,9 @@ def test_prompt_ids_outside_the_model_vocabulary(gpt2_vocab_dir, tiny_gpt):
         list(model.generate(prompt="Hello", tokenizer=GPT2Tokenizer(vocab_dir=gpt2_vocab_dir)))
 
 
-def test_the_seed_usage_streams_text(gpt2_vocab_dir, tiny_gpt, capsys):
-    """The ToyGPT seed's loop, as written, on a GPT-2-vocabulary model: str pieces, streamed."""
+def test_a_users_streaming_loop_streams_text(gpt2_vocab_dir, tiny_gpt, capsys):
+    """The streaming loop a user writes (`for piece in model.generate(prompt=...)`), on a GPT-2-vocabulary
+    model: str pieces, streamed."""
     import inspect
     import sys
 

@@ -78,8 +78,8 @@ def test_zero_grad_and_parameters_order():
     assert all(p.grad == 0 for p in model.parameters())
 
 
-class SeedModel(Module):
-    # The ToyGrad seed's example, as written there.
+class ThreeLayerModel(Module):
+    # A user's model written against torch.nn's interface (Module, Linear, forward), unchanged.
     def __init__(self, input_features, output_features):
         super().__init__()
         self.layer1 = Linear(input_features, 8)
@@ -94,10 +94,10 @@ class SeedModel(Module):
         return self.output(X)
 
 
-def test_seed_model_runs_and_matches_torch():
+def test_a_torch_style_model_runs_and_matches_torch():
     torch = pytest.importorskip("torch")
     random.seed(3)
-    model = SeedModel(3, 2)
+    model = ThreeLayerModel(3, 2)
     params = model.parameters()
     assert len(params) == (3 * 8 + 8) + (8 * 4 + 4) + (4 * 2 + 2)
     x = [0.5, -1.25, 2.0]

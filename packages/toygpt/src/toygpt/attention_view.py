@@ -371,7 +371,7 @@ def load_model(name: str, device: str = "cpu"):
     from toygpt.checkpoint import load_model as load_checkpoint
     from toygpt.generate_cli import local_model_dir
     from toygpt.model import GPT
-    from toygpt.train import resolve_device
+    from toygpt.runtime import resolve_device
 
     device = resolve_device(device)
     local = local_model_dir(name)

@@ -1,4 +1,4 @@
-"""The bigram language model of the NanoGPT seed (Karpathy's "Let's build GPT" lecture).
+"""The bigram language model of Karpathy's "Let's build GPT" lecture (karpathy/ng-video-lecture, bigram.py).
 
 Each token looks up, in a (vocab_size, vocab_size) table, the logits of the token that follows
 it: no context beyond one token, no attention. It is the baseline every later model is measured

@@ -18,9 +18,10 @@ import torch
 
 from toygpt import checkpoint
 from toygpt.addition import VOCAB, AdditionTask
+from toygpt.config import SEED_RANGE, make_config
 from toygpt.errors import ToyGPTError
 from toygpt.flags import ErrorGuard, FlagParser, add_flags, at_least, between, flag
-from toygpt.train import SEED_RANGE, make_config, train
+from toygpt.train import train
 
 ACCURACY_GOAL = 0.95
 

@@ -75,7 +75,7 @@ def local_model_dir(name: str) -> Path | None:
 def run(args) -> None:
     from toygpt.checkpoint import load_model
     from toygpt.model import GPT
-    from toygpt.train import resolve_device
+    from toygpt.runtime import resolve_device
 
     device = resolve_device(args.device)
     local = local_model_dir(args.model)

@@ -2,7 +2,7 @@
 
 - nanoGPT's tensor form: `model.generate(idx, max_new_tokens, temperature=1.0, top_k=None)`
   returns the (B, T + new) tensor of ids.
-- The ToyGPT seed's text form: `model.generate(prompt='Hello', ...)` yields decoded text as it
+- The streaming text form: `model.generate(prompt='Hello', ...)` yields decoded text as it
   is produced. Bytes go through an incremental UTF-8 decoder, so a character whose bytes are
   split across tokens comes out whole, once its last byte arrives.
 
@@ -48,7 +48,7 @@ def generate(model, idx=None, max_new_tokens=None, temperature=1.0, top_k=None, 
     form ends a row when one appears (the stop string itself is not yielded). stop_at_eot: stop a
     row at the tokenizer's end-of-text token (default: True for text, False for tensors, as
     nanoGPT). seed: reproducible sampling (a private torch.Generator; the global RNG otherwise).
-    sampling=False is greedy (the ToyGPT seed's flag).
+    sampling=False is greedy too (sampling=True, the default, is accepted for callers that pass it).
     """
     _check_options(temperature, top_k, top_p, max_new_tokens)
     if (idx is None) == (prompt is None):

@@ -28,7 +28,7 @@ import torch
 
 from toygpt import net
 from toygpt.errors import ToyGPTError
-from toygpt.model import GPTConfig
+from toygpt.model_config import GPTConfig
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 DROPPED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters

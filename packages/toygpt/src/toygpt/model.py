@@ -21,79 +21,16 @@ returns logits for the last position only, and then each new token through
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import toykernels
 from torch import nn
 
+from toygpt import generation, hf
 from toygpt.errors import ToyGPTError
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
-    block_size: int = 1024  # longest context (number of position embeddings)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0  # on embeddings and residual branches; 0.0 to match released weights
-    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2 (False: a bit better, faster)
-
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ToyGPTError(f"GPTConfig: {name} must be a positive int, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ToyGPTError(
-                f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
-            )
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ToyGPTError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
-        self.dropout = float(self.dropout)
-        self.bias = bool(self.bias)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GPTConfig:
-        """A named shape: gpt2 ... gpt2-xl (the released models), mygpt-char, shakespeare-char.
-
-        The char presets need vocab_size from the data: pass it as an override.
-        >>> GPTConfig.preset("shakespeare-char", vocab_size=65).n_layer
-        6
-        """
-        if name not in PRESETS:
-            raise ToyGPTError(f"unknown GPTConfig preset {name!r}; choose from {sorted(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(overrides) - fields
-        if unknown:
-            raise ToyGPTError(f"GPTConfig.preset: unknown field(s) {sorted(unknown)}; fields are {sorted(fields)}")
-        values = {**PRESETS[name], **overrides}
-        if values.get("vocab_size", 0) is None:
-            raise ToyGPTError(f"GPTConfig.preset({name!r}) needs vocab_size: a character-level model's "
-                              "vocabulary is its data's, e.g. vocab_size=65 for Tiny Shakespeare")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PRESETS = {
-    # the released GPT-2 shapes (Radford et al., 2019)
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    # the character-level shapes: vocab_size None, because GPT-2's 50257 would silently be wrong;
-    # the data's tokenizer gives it (GPTConfig.preset raises until it is passed)
-    # the MyGPT seed: context 64, 128 channels, 8 heads, 4 layers
-    "mygpt-char": dict(block_size=64, n_embd=128, n_head=8, n_layer=4, dropout=0.0, vocab_size=None),
-    # nanoGPT's "baby GPT" for shakespeare_char
-    "shakespeare-char": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, vocab_size=None),
-}
+from toygpt.model_config import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):
@@ -258,16 +195,6 @@ class GPT(nn.Module):
         ]
         return adamw(groups, learning_rate, betas, device_type)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
-        """Model FLOPs utilization vs peak_flops (default: A100 bf16), as in the PaLM paper
-        (Appendix B): 6N + 12 L H Q T FLOPs per token for forward + backward."""
-        cfg = self.config
-        N = self.num_params()
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_token = 6 * N + 12 * L * H * Q * T
-        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
-        return flops_per_iter / dt / peak_flops
-
     # --- weights: transformers' format, both ways (hf.py) ------------------------------------
 
     @classmethod
@@ -276,14 +203,10 @@ class GPT(nn.Module):
         a local directory in transformers' format (safetensors or .bin), or a toygpt checkpoint
         directory (the same, plus an optional tokenizer.json that becomes model.tokenizer).
         kwargs override config fields that do not change shapes (e.g. dropout=0.1)."""
-        from toygpt import hf
-
         return hf.from_pretrained(cls, name_or_path, **kwargs)
 
     def save_pretrained(self, path) -> None:
         """Write config.json + model.safetensors that transformers.GPT2LMHeadModel loads."""
-        from toygpt import hf
-
         hf.save_pretrained(self, path)
 
     # --- generation (generation.py) -------------------------------------------------------
@@ -299,8 +222,6 @@ class GPT(nn.Module):
         sequence outgrows block_size the context slides: each new token sees the last
         block_size tokens (nanoGPT's crop), with or without the KV cache.
         """
-        from toygpt import generation
-
         return generation.generate(
             self, idx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, **kwargs
         )

@@ -40,7 +40,7 @@ def _f(default, **bounds):
 
 @dataclass
 class TrainConfig:
-    """The flags; defaults are toygpt's `mygpt-char` preset (toygpt/train.py PRESETS)."""
+    """The flags; defaults are toygpt's `mygpt-char` preset (toygpt/presets.py; a test holds them equal)."""
 
     # sizes are checked by train() (at least 1); _f gives the other flags' ranges, checked as parsed
     steps: int = 300  # optimizer steps
