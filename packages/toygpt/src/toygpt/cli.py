@@ -16,6 +16,7 @@ from toygpt.flags import ErrorGuard, FlagParser
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "attention": ("toygpt.attention_view", "draw a prompt's attention probabilities, every layer and head"),
+    "eval": ("toygpt.evaluate", "score a model: HellaSwag accuracy, or the loss on a prepared dataset"),
     "generate": ("toygpt.generate_cli", "sample text from a model, streaming to stdout"),
     "prepare": ("toygpt.prepare", "tokenize a text into train.bin / val.bin"),
     "train": ("toygpt.train", "train a model"),

@@ -105,13 +105,14 @@ def fetch(name: str, registry: dict | None = None, timeout: float = 10.0) -> Pat
     return fetch_file(name, entry, timeout)
 
 
-def fetch_file(name: str, entry: RemoteText, timeout: float = 10.0) -> Path:
-    """One file of dataset `name`: from the cache, else downloaded, checked and cached."""
+def fetch_file(name: str, entry: RemoteText, timeout: float = 10.0,
+               instead: str = "--input FILE (e.g. `toygpt prepare --input input.txt ...`)") -> Path:
+    """One file of dataset `name`: from the cache, else downloaded, checked and cached; `instead`
+    names the flag that takes a local copy."""
     path = cache_dir() / "datasets" / entry.filename
     if path.is_file() and (entry.sha256 is None or sha256_of(path) == entry.sha256):
         return path
-    offline = (f"offline? download {entry.url} elsewhere and pass it with --input FILE "
-               f"(e.g. `toygpt prepare --input input.txt ...`)")
+    offline = f"offline? download {entry.url} elsewhere and pass it with {instead}"
     if not _reachable(entry.url, timeout):
         raise ToyGPTError(f"could not download dataset {name!r}: {urllib.parse.urlsplit(entry.url).hostname} "
                           f"cannot be reached; {offline}")

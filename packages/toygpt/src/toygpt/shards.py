@@ -180,9 +180,15 @@ _worker: dict = {}
 
 def _init_worker(vocab_dir: str | None, files: list[str], text_field: str) -> None:
     from toygpt.tokenizers import GPT2Tokenizer
+    from toygpt.tokenizers.gpt2 import encoding_from_files, find_gpt2_files
 
     tok = GPT2Tokenizer(vocab_dir)
-    _worker.update(encoding=tok.encoding, eot=tok.eot_id, files=files, text_field=text_field)
+    encoding = tok.encoding
+    if vocab_dir is not None:
+        # NOTE: an Encoding of this process's own, not the cached one a forked worker inherits
+        # or that other threads used: measured slower when shared (tools/bench_prepare.py)
+        encoding = encoding_from_files.__wrapped__(*find_gpt2_files(vocab_dir))
+    _worker.update(encoding=encoding, eot=tok.eot_id, files=files, text_field=text_field)
 
 
 def _piece_text(file_index: int, piece_index: int, piece: str | bytes) -> str | None:
