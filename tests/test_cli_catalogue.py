@@ -139,7 +139,7 @@ CASES = [
     ("toygrad-train-gpt", GPT_TXT + ["--beta2", "1"], "--beta2"),
     ("toygrad-train-gpt", GPT_TXT + ["--steps", "0"], "--steps"),
     ("toygrad-train-gpt", GPT_TXT + ["--dtype", "float16"], "'float16'"),
-    ("toygrad-train-gpt", GPT_TXT + ["--compare", "jax"], "'jax'"),
+    ("toygrad-train-gpt", GPT_TXT + ["--block-size", "x"], "'x'"),
     ("toygrad-train-gpt", [], "data"),
 ]
 

@@ -5,12 +5,12 @@ that load from other processes hits all alike):
   toygrad  toygrad.tensor.nn.GPT: toygrad's own backward rules, toykernels' raw LayerNorm and
            attention functions (fused CUDA kernels on a GPU, ATen's CPU kernels on a CPU),
            toygrad's AdamW
-  torch    toygrad.tensor.reference.TorchGPT: the same model in torch.nn with torch's own fused
-           ops (F.layer_norm, F.scaled_dot_product_attention), torch.autograd, torch.optim.AdamW
-  torch+tk the same TorchGPT with toykernels' raw LayerNorm and attention functions wrapped in
-           torch.autograd.Functions: the very LayerNorm and attention code toygrad runs, so the
-           ratio to it measures the autodiff engines alone
-  toygpt   toygpt.model.GPT (when installed): toykernels' public ops, torch.autograd, its AdamW
+  torch    tools/plain_gpt.py's PlainGPT: the same model in torch.nn with torch's own fused ops
+           (nn.LayerNorm, F.scaled_dot_product_attention), torch.autograd, torch.optim.AdamW
+  toygpt   toygpt.model.GPT (when installed): toykernels' public ops (the LayerNorm and attention
+           kernels toygrad runs, under torch.autograd), its AdamW. The ratio to it measures the
+           autodiff engines on the same kernels. (An earlier `torch+tk` provider wrapped the raw
+           kernels in autograd Functions of its own, a second copy of toykernels' registrations.)
 Modes: fwd+bwd (forward, loss, backward) and full (fwd+bwd + optimizer step).
 Before timing, the losses and all gradients are checked to agree.
 Prints medians and the ratio of toygrad to each other provider, and appends rows to
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 from benchlib import git_commit
+from plain_gpt import PlainGPT
 from toygrad.tensor.nn import GPT, GPTConfig
-from toygrad.tensor.reference import TorchGPT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,13 +48,12 @@ def build(args, dtype):
                        n_head=args.n_head, n_embd=args.n_embd)
     toy = GPT(config).to(device=args.device, dtype=dtype)
     models = {"toygrad": (toy, toy.configure_optimizers(0.1, 1e-3, betas=(0.9, 0.99)))}
-    for name, kernels in (("torch", False), ("torch+tk", True)):
-        ref = TorchGPT(config, kernels=kernels).to(device=args.device, dtype=dtype)
-        ref.load_state_dict(toy.state_dict())
-        decay = [p for p in ref.parameters() if p.dim() >= 2]
-        rest = [p for p in ref.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
-        models[name] = (ref, torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99)))
+    ref = PlainGPT(config).to(device=args.device, dtype=dtype)
+    ref.load_state_dict(toy.state_dict())
+    decay = [p for p in ref.parameters() if p.dim() >= 2]
+    rest = [p for p in ref.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    models["torch"] = (ref, torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99)))
     try:  # toygpt's own GPT, also on toykernels, when it is installed
         from toygpt.model import GPT as ToyGPT
         from toygpt.model import GPTConfig as ToyGPTConfig

@@ -4,7 +4,7 @@ Four modes, one question each:
 
 1. CPU step time (the default). nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 channels,
    context 64, batch 12, dropout 0, no biases, vocab 65): one training step (forward, backward,
-   AdamW step) of toygpt's GPT against `PlainGPT` below, the same model written with nn.LayerNorm
+   AdamW step) of toygpt's GPT against `PlainGPT` (tools/plain_gpt.py), the same model written with nn.LayerNorm
    and F.scaled_dot_product_attention(is_causal=True), holding the same weights. The losses and
    gradients of the two are checked to agree before anything is timed. Rounds of --steps steps
    alternate between the two (in alternating order), so a load that comes and goes on a shared
@@ -60,9 +60,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from benchlib import git_commit
+from plain_gpt import PlainGPT
 from toygpt import GPT, GPTConfig
 from toygpt.config import make_config
 from toygpt.metrics import flops_per_token, peak_flops
@@ -90,66 +89,6 @@ MODEL_ONLY = "toygpt, plain's AdamW"  # the CPU step-time row that isolates the 
 FIELDS = ["date", "commit", "torch", "device", "threads", "benchmark", "provider", "shape", "steps",
           "step_ms", "tokens_per_s", "mfu", "ratio_vs_plain", "train_loss", "val_loss", "wall_s",
           "goal", "met"]
-
-
-# ----------------------------------------------------------------------------------------------
-# the plain PyTorch GPT: nanoGPT's model.py, with torch's own LayerNorm and attention
-
-
-class PlainBlock(nn.Module):
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(c.n_embd, bias=c.bias)
-        self.attn = nn.Module()
-        self.attn.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
-        self.attn.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
-        self.ln_2 = nn.LayerNorm(c.n_embd, bias=c.bias)
-        self.mlp = nn.Module()
-        self.mlp.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
-        self.mlp.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
-        self.n_head = c.n_head
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.attn.c_attn(self.ln_1(x)).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        x = x + self.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
-        return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh"))
-
-
-class PlainGPT(nn.Module):
-    """The same GPT as toygpt's (same parameter names, so one state_dict loads into both), written
-    the way a PyTorch user would: nn.LayerNorm, scaled_dot_product_attention, no dropout."""
-
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        self.config = c
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.vocab_size, c.n_embd),
-            wpe=nn.Embedding(c.block_size, c.n_embd),
-            h=nn.ModuleList([PlainBlock(c) for _ in range(c.n_layer)]),
-            ln_f=nn.LayerNorm(c.n_embd, bias=c.bias),
-        ))
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2
-
-    def forward(self, idx, targets):
-        T = idx.shape[1]
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # the same groups as toygpt's: decay on matrices only; fused on CUDA
-        params = list(self.parameters())
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
 
 def make_pair(config: GPTConfig, device: str, seed: int):

@@ -7,12 +7,12 @@ decay 0.01 on matrices, no gradient clipping), so its loss curve is comparable w
 
     toygrad-train-gpt ../shared/data/tinyshakespeare/input.txt --steps 300
 
-`--compare toygpt` (toygpt's GPT, when toygpt is installed) or `--compare torch` (the same model
-in torch.nn, toygrad.tensor.reference) trains a torch.autograd model side by side from the SAME
+`train(cfg, path, reference=...)` trains a torch.autograd model side by side from the SAME
 initial weights on the SAME batches with the same recipe (torch.optim.AdamW,
-torch.nn.utils.clip_grad_norm_), and prints both losses per step: the curves agree to float
+torch.nn.utils.clip_grad_norm_), and records both losses per step: the curves agree to float
 round-off, far inside the batch-to-batch noise, which is the end-to-end check that every
-backward rule is right.
+backward rule is right. toygrad knows no torch model of its own: the caller brings it (the tests
+bring toygpt's GPT; tools/compare_toygrad_training.py toygpt's or the plain PyTorch baseline).
 """
 
 from __future__ import annotations
@@ -93,21 +93,11 @@ class CharData:
         return x, y
 
 
-def _torch_model(kind: str, model_config: GPTConfig):
-    if kind == "torch":
-        from toygrad.tensor.reference import TorchGPT
+def train(cfg: TrainConfig, data_path, reference=None, reference_name: str = "reference", log=print) -> list[dict]:
+    """Train and return one record per step: {"step", "loss", "ref_loss" (with a reference), "ms"}.
 
-        return TorchGPT(model_config)
-    try:
-        from toygpt.model import GPT as ToyGPT
-        from toygpt.model import GPTConfig as ToyGPTConfig
-    except ImportError as e:
-        raise ImportError(f"--compare toygpt needs toygpt's GPT model (pip install ./packages/toygpt): {e}") from None
-    return ToyGPT(ToyGPTConfig(**{f.name: getattr(model_config, f.name) for f in fields(GPTConfig)}))
-
-
-def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) -> list[dict]:
-    """Train and return one record per step: {"step", "loss", "ref_loss" (with compare), "ms"}."""
+    reference: None, or a function GPTConfig -> torch.nn.Module, a torch.autograd GPT with
+    nanoGPT's parameter names returning (logits, loss), trained beside toygrad's model."""
     for name in ("steps", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_iters"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -121,13 +111,13 @@ def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) ->
     model = GPT(mc).to(device=cfg.device, dtype=dtype)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas=(0.9, cfg.beta2))
     ref = ref_optimizer = None
-    if compare:
-        ref = _torch_model(compare, mc).to(device=cfg.device, dtype=dtype)
+    if reference is not None:
+        ref = reference(mc).to(device=cfg.device, dtype=dtype)
         # the same initial weights; every parameter must be covered (buffers may differ)
         ref_names = {name for name, _ in ref.named_parameters(remove_duplicate=False)}
         own = model.state_dict()
         if ref_names - set(own):
-            raise ValueError(f"--compare {compare}: parameters {sorted(ref_names - set(own))} have no toygrad twin")
+            raise ValueError(f"{reference_name}: parameters {sorted(ref_names - set(own))} have no toygrad twin")
         ref.load_state_dict(own, strict=False)
         decay = [p for p in ref.parameters() if p.dim() >= 2]
         no_decay = [p for p in ref.parameters() if p.dim() < 2]
@@ -162,7 +152,7 @@ def train(cfg: TrainConfig, data_path, compare: str | None = None, log=print) ->
             raise FloatingPointError(f"loss became {record['loss']} at step {step}")
         history.append(record)
         if step == 1 or step % 10 == 0 or step == cfg.steps:
-            extra = f"  {compare} {record['ref_loss']:.4f}" if ref is not None else ""
+            extra = f"  {reference_name} {record['ref_loss']:.4f}" if ref is not None else ""
             log(f"step {step:5d}  loss {record['loss']:.4f}{extra}  {record['ms']:.0f} ms")
         if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
             losses = estimate_loss(model, data, cfg)
@@ -205,19 +195,28 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    return run_args(build_parser().parse_args(argv))
+
+
+def build_parser() -> OneLineParser:
+    """One flag per TrainConfig field, the text file, and --csv."""
     parser = OneLineParser(prog="toygrad-train-gpt", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a UTF-8 text file, e.g. tinyshakespeare/input.txt")
     for f in fields(TrainConfig):
         kind = type(f.default)
         parse = _device if f.name == "device" else number(kind, **f.metadata) if kind in (int, float) else kind
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=f.default)
-    parser.add_argument("--compare", choices=["torch", "toygpt"], help="train a torch.autograd model alongside")
     parser.add_argument("--csv", help="write step, loss (, ref_loss), ms to this CSV file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_args(args, reference=None, reference_name: str = "reference") -> int:
+    """Train as the parsed flags say (beside `reference`, as in train()), write --csv, and with a
+    reference print how far the two curves are apart."""
     if args.csv:  # checked before training, not after it
         writable_path("--csv", args.csv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    history = train(cfg, args.data, compare=args.compare)
+    history = train(cfg, args.data, reference=reference, reference_name=reference_name)
     if args.csv:
         def write_csv(path):
             with open(path, "w", newline="") as f:
@@ -225,11 +224,12 @@ def _main(argv) -> int:
                 writer.writeheader()
                 writer.writerows(history)
         write_atomically(args.csv, write_csv)
-    if args.compare:
+    if reference is not None:
         diffs = [abs(r["loss"] - r["ref_loss"]) for r in history]
-        print(f"max |loss - {args.compare} loss| over {len(diffs)} steps: {max(diffs):.2e} "
-              f"(last 50 steps mean: toygrad {sum(r['loss'] for r in history[-50:]) / len(history[-50:]):.4f}, "
-              f"{args.compare} {sum(r['ref_loss'] for r in history[-50:]) / len(history[-50:]):.4f})")
+        last = history[-50:]
+        print(f"max |loss - {reference_name} loss| over {len(diffs)} steps: {max(diffs):.2e} "
+              f"(last 50 steps mean: toygrad {sum(r['loss'] for r in last) / len(last):.4f}, "
+              f"{reference_name} {sum(r['ref_loss'] for r in last) / len(last):.4f})")
     return 0
 
 
