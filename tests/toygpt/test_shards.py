@@ -203,7 +203,8 @@ def test_the_trainer_trains_and_resumes_on_shards(tmp_path, corpus, encoding):
     # the trainer reads shards through data.load_tokens, with no option of its own; a resumed
     # run draws the batches the uninterrupted run drew (they depend on step and rank alone)
     import torch
-    from toygpt.train import make_config, train
+    from toygpt.config import make_config
+    from toygpt.train import train
 
     files, _ = corpus
     prepare_shards(files, tmp_path / "data", shard_tokens=2_000, workers=0, progress_bar=False, log=None)
