@@ -5,7 +5,8 @@ import pytest
 import torch
 from toygpt import GPT
 from toygpt.errors import ToyGPTError
-from toygpt.generation import Decoder, Sampler, TextStream, new_kv_cache
+from toygpt.generation import Sampler, TextStream, new_kv_cache
+from toygpt.model import Decoder
 
 
 def test_greedy_cache_matches_no_cache_and_transformers(make_hf_checkpoint):

@@ -8,7 +8,7 @@
 
 The KV cache: one preallocated (k, v) pair of buffers per layer, shape (B, nh, L, hs), with L
 the length the sequence will reach (at most block_size). The prompt runs once (prefill, through
-`GPT.forward_cached`); then each step feeds only the new token (`Decoder.step`), whose key and
+`GPT.forward_cached`); then each step feeds only the new token (`toygpt.model.Decoder.step`), whose key and
 value are written in place at the next position, and attention runs with Tq = 1 query over the
 Tk cached keys. Only the last position's logits are computed.
 
@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-import toykernels
 
 from toygpt.errors import ToyGPTError
 
@@ -167,86 +164,14 @@ def new_kv_cache(model, batch_size: int, length: int | None = None) -> list[tupl
             for _ in range(cfg.n_layer)]
 
 
-class BlockWeights(NamedTuple):
-    """One Block's parameters as plain tensors (biases None when the config has none)."""
-
-    ln_1_weight: torch.Tensor
-    ln_1_bias: torch.Tensor | None
-    c_attn_weight: torch.Tensor
-    c_attn_bias: torch.Tensor | None
-    attn_proj_weight: torch.Tensor
-    attn_proj_bias: torch.Tensor | None
-    ln_2_weight: torch.Tensor
-    ln_2_bias: torch.Tensor | None
-    c_fc_weight: torch.Tensor
-    c_fc_bias: torch.Tensor | None
-    mlp_proj_weight: torch.Tensor
-    mlp_proj_bias: torch.Tensor | None
-    eps: float  # of ln_1 and ln_2 (GPT-2: 1e-5 for every LayerNorm)
-
-
-class Decoder:
-    """The decoding step with a KV cache: one new token per row through the whole model.
-
-    It computes what `Block.forward` computes, for a single position, but as a flat run of
-    calls over the parameters read once into tuples. At batch 1 each call does little work
-    (a GEMV, a LayerNorm of 768 numbers), so the nn.Module machinery around the calls (hooks,
-    attribute lookups through `_modules`, dropout modules that do nothing in eval mode, the
-    (B, T, C) bookkeeping for T = 1) costs about as much as all the non-matmul math: on GPT-2
-    small and a CPU it halves the Python time of a step. LayerNorm and attention still go
-    through toykernels. The tests hold it to the module path (generation without the cache
-    runs `GPT.forward_cached`) and to transformers, token for token.
-
-    The parameters are read when the Decoder is made (once per `generate` call), so a later
-    change of weights in place is seen; replacing a module is not.
-    """
-
-    def __init__(self, model, kv_cache):
-        cfg = model.config
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.kv_cache = kv_cache
-        tr = model.transformer
-        self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
-        self.ln_f = (tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
-        self.lm_head = model.lm_head.weight  # tied: the same tensor as wte
-        self.blocks = [
-            BlockWeights(
-                b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias,
-                b.attn.c_proj.weight, b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias,
-                b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias,
-                b.ln_2.eps,
-            )
-            for b in tr.h
-        ]
-
-    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """token (B,) at position pos (pos < block_size; positions 0 .. pos-1 are in the cache)
-        -> next-token logits (B, vocab_size). Writes this position's keys and values."""
-        B, C, nh = token.shape[0], self.n_embd, self.n_head
-        x = F.embedding(token, self.wte) + self.wpe[pos]  # (B, C)
-        for w, (k_buf, v_buf) in zip(self.blocks, self.kv_cache):
-            h = toykernels.layer_norm(x, w.ln_1_weight, w.ln_1_bias, w.eps)  # (B, C)
-            qkv = F.linear(h, w.c_attn_weight, w.c_attn_bias)  # (B, 3C): q, k, v side by side
-            q, k, v = qkv.view(B, 3, nh, 1, C // nh).unbind(1)  # 3 x (B, nh, 1, hs)
-            k_buf.narrow(2, pos, 1).copy_(k)
-            v_buf.narrow(2, pos, 1).copy_(v)
-            # one query, the last position: it sees every cached key (no mask needed)
-            y = toykernels.causal_attention(q, k_buf.narrow(2, 0, pos + 1), v_buf.narrow(2, 0, pos + 1))
-            a = F.linear(y.reshape(B, C), w.attn_proj_weight, w.attn_proj_bias)  # (B, C): heads side by side
-            x, h = toykernels.add_layer_norm(x, a, w.ln_2_weight, w.ln_2_bias, w.eps)
-            m = F.gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias), approximate="tanh")  # (B, 4C)
-            x = x + F.linear(m, w.mlp_proj_weight, w.mlp_proj_bias)
-        weight, bias, eps = self.ln_f
-        return F.linear(toykernels.layer_norm(x, weight, bias, eps), self.lm_head)  # (B, vocab_size)
-
-
 def decode_tokens(model, idx, max_new_tokens: int, sample, use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens next-token tensors (B,) continuing idx (B, T). The caller may stop
     early. Every model call runs under inference_mode (and eval mode), never across a yield.
 
     With the cache: the prompt (its last block_size tokens) runs through `GPT.forward_cached`
-    once, then each step is a `Decoder.step` on the new token alone. Without it, or once the
-    sequence is longer than block_size, each step runs the whole window through the model.
+    once, then each step is a `Decoder.step` (toygpt.model; `model.decoder(cache)` makes it) on
+    the new token alone. Without it, or once the sequence is longer than block_size, each step
+    runs the whole window through the model.
     """
     if max_new_tokens == 0:
         return
@@ -263,7 +188,7 @@ def decode_tokens(model, idx, max_new_tokens: int, sample, use_cache: bool = Tru
             # positions the cache must hold: the whole sequence, or block_size once it slides
             use_cache = use_cache and getattr(model, "supports_kv_cache", True)
             cache = new_kv_cache(model, B, T + max_new_tokens) if use_cache else None
-            decoder = Decoder(model, cache) if use_cache else None
+            decoder = model.decoder(cache) if use_cache else None
             logits = model.forward_cached(tokens[:, max(0, n - block_size):n], cache, 0)  # (B, V), prefill
             token = sample(logits)  # (B,)
         for _ in range(max_new_tokens - 1):
