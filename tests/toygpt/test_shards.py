@@ -217,3 +217,16 @@ def test_the_trainer_trains_and_resumes_on_shards(tmp_path, corpus, encoding):
                     log=lambda *a: None)
     for p, q in zip(whole["model"].parameters(), resumed["model"].parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_prepare_cli_sends_several_files_to_shards(tmp_path, corpus, encoding, capsys):
+    from toygpt import cli
+
+    files, documents = corpus
+    args = ["prepare", "--input", *map(str, files), "--out", str(tmp_path / "out"), "--shard-tokens", "3000",
+            "--workers", "0"]
+    assert cli.main(args) == 0
+    assert read_shards(tmp_path / "out")[1].tolist() == reference_tokens(encoding, documents)
+    assert f"{len(documents):,} documents" in capsys.readouterr().out
+    assert cli.main([*args[:-4], "--out", str(tmp_path / "o2"), "--tokenizer", "char"]) == 2
+    assert "a sharded corpus is tokenized with gpt2" in capsys.readouterr().err
