@@ -19,14 +19,13 @@ Rows are appended to benchmarks/results/attention.csv with GPU, torch version, d
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import toykernels
-from benchlib import RESULTS, Timer, parse_names, parse_shapes, run_meta
+from benchlib import RESULTS, Timer, append_csv, parse_names, parse_shapes, run_meta
 from toykernels.reference import causal_attention_ref, causal_mask
 
 PROG = "bench_attention"
@@ -189,14 +188,7 @@ def main(argv=None):
                 summary.append((B, H, T, D, line.strip()))
 
     if records and not args.no_csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(records)
-        print(f"appended {len(records)} rows to {args.csv}")
+        append_csv(args.csv, records)
     print("# summary (speed ratio > 1 means toykernels is faster)")
     for B, H, T, D, line in summary:
         print(f"B={B} H={H} T={T} D={D}: {line}")

@@ -20,14 +20,13 @@ second), appended to benchmarks/results/generate.csv with GPU, torch version, da
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from benchlib import git_commit
+from benchlib import append_csv, git_commit
 from toygpt import GPT, GPTConfig
 from toygpt.hf import hf_to_toygpt, load_checked
 
@@ -196,14 +195,7 @@ def bench_cuda(args):
             "prompt_tokens": args.prompt_len, "new_tokens": args.new_tokens,
             "tokens_per_s": f"{tps:.1f}", "tokens_per_s_per_row": f"{args.new_tokens / t:.1f}",
         })
-    CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not CSV_PATH.exists()
-    with open(CSV_PATH, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"appended {len(rows)} rows to {CSV_PATH}")
+    append_csv(CSV_PATH, rows)
 
 
 def main():

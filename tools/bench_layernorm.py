@@ -30,7 +30,6 @@ and F.layer_norm itself; printed only.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import toykernels
-from benchlib import RESULTS, Timer, parse_names, parse_shapes, run_meta
+from benchlib import RESULTS, Timer, append_csv, parse_names, parse_shapes, run_meta
 
 PROG = "bench_layernorm"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -241,14 +240,7 @@ def main(argv=None):
                                f"  {vs_torch:5.2f}x torch  {vs_compile:5.2f}x compile  {verdict}")  # fmt: skip
 
     if records and not args.no_csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(records)
-        print(f"\nappended {len(records)} rows to {args.csv}")
+        append_csv(args.csv, records, note="\n")
     print("\n" + toykernels.backend_info(args.device))
     print(f"\n# toykernels LayerNorm on {gpu}: GB/s, share of copy bandwidth ({copy_gbps:.0f} GB/s), speed-ups")
     for line in summary:

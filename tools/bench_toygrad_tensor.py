@@ -26,7 +26,6 @@ other and every op can slow down 10-100x at random; `--threads 1` gives steadier
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import statistics
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import git_commit
+from benchlib import append_csv, git_commit
 from plain_gpt import PlainGPT
 from toygrad.tensor.nn import GPT, GPTConfig
 
@@ -218,15 +217,7 @@ def main():
             })
     if args.components:
         components(args, dtype, sync)
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"appended {len(rows)} rows to {path}")
+    append_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ provenance of a CSV row.
   previous one's cache; plain wall time on a CPU.
 - `usage_error`, `parse_shapes`, `parse_names`: one-line command-line errors with exit status 2.
 - `run_meta` and `git_commit`: the columns that say where a row was measured (GPU or CPU, torch
-  version, date, commit), so a figure in benchmarks/results/*.csv can be traced to its code.
+  version, date, commit), so a figure in benchmarks/results/*.csv can be traced to its code;
+  `append_csv` appends the rows (a header first when the file is new).
 
 The scripts run as `python tools/bench_X.py`, which puts tools/ on sys.path: `import benchlib`.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime
 import statistics
 import subprocess
@@ -79,6 +81,19 @@ def run_meta(**device) -> dict:
     meta["date"] = datetime.date.today().isoformat()
     meta["commit"] = git_commit()
     return meta
+
+
+def append_csv(path, rows: list[dict], note: str = "") -> None:
+    """Append rows to the CSV at path, with a header of the first row's keys when the file is new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    print(f"{note}appended {len(rows)} rows to {path}")
 
 
 def usage_error(prog: str, message: str):

@@ -3,13 +3,14 @@ the C++ compiler of the CUDA emulator (tools/cuda_emu).
 
 With --import-mode=importlib these are fixtures (not an importable module).
 Tests that need a GPU are marked `@pytest.mark.cuda`; here they are skipped, with the reason,
-when torch has no usable CUDA device. tools/cuda_emu goes on sys.path here, so that the
-emulated tests import its drivers (emulate_layernorm, emulate_attention) and their shared
-emulate.py as modules.
+when torch has no usable CUDA device. The CUDA emulator's modules (tools/cuda_emu: emulate.py
+and its drivers emulate_layernorm, emulate_attention) are loaded here from their files, so that
+the emulated tests import them by name without tools/ on sys.path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,8 +24,22 @@ import toykernels
 CSRC = Path(toykernels.__file__).resolve().parent / "csrc"
 HERE = Path(__file__).resolve().parent
 EMU_DIR = HERE.parents[1] / "tools" / "cuda_emu"
-if str(EMU_DIR) not in sys.path:
-    sys.path.append(str(EMU_DIR))
+
+
+def _load_emulator_module(name: str) -> None:
+    """tools/cuda_emu/NAME.py as the module NAME, loaded from its file (tools/ is not on
+    sys.path): the emulated tests `import emulate, emulate_layernorm, emulate_attention`, and the
+    drivers themselves `import emulate`, which finds it in sys.modules."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, EMU_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while a class is made
+    spec.loader.exec_module(module)
+
+
+for _name in ("emulate", "emulate_layernorm", "emulate_attention"):  # emulate first: the drivers import it
+    _load_emulator_module(_name)
 NO_CUDA_REASON = (
     "needs an NVIDIA GPU and a CUDA build of torch "
     f"(torch {torch.__version__}, torch.cuda.is_available() is False)"
@@ -101,7 +116,7 @@ def nvcc_compile(nvcc_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cxx() -> str:
     """The C++ compiler the CUDA emulator builds with ($CXX, else g++); skips the test without one."""
-    import emulate  # tools/cuda_emu, on sys.path (above)
+    import emulate  # tools/cuda_emu, loaded from its file (above)
 
     compiler = emulate.find_cxx()
     if compiler is None:
@@ -123,3 +138,32 @@ def reduced_result(request, emulator):
     """The module's reduced case set run on its emulator, shared by its tests (2 processes:
     2 cores)."""
     return request.module.emu.run(emulator, request.module.reduced_cases(), jobs=2, timeout=300)
+
+
+@pytest.fixture
+def poison_allocator():
+    """poison(*(shape, dtype)): make the next CUDA allocations of these sizes start out as NaN,
+    so an output element a kernel never writes fails the test.
+
+    The bindings allocate their outputs themselves (empty_like), so the outputs cannot be filled
+    beforehand. Instead NaN-filled blocks of exactly the outputs' shapes *and dtypes* are freed
+    into the caching allocator, which hands them straight back for the next allocations of the
+    same size. NOTE: a block of another dtype is no poison: a float32 NaN (0x7FC00000) read as
+    two bf16 or fp16 halves is a NaN and a 0.0. Then, so that the test does not rely on the
+    allocator silently, the same sizes are allocated again, in the kernel's order, with
+    torch.empty and checked to come back all NaN, then freed once more: the kernel's own
+    allocations, next, find the allocator in the same state as the probes did."""
+
+    def poison(*shapes_dtypes):
+        torch.cuda.empty_cache()  # fewer free blocks of the same size that are not ours
+        blocks = [torch.full(shape, float("nan"), device="cuda", dtype=dtype) for shape, dtype in shapes_dtypes]
+        torch.cuda.synchronize()
+        del blocks
+        probes = [torch.empty(shape, device="cuda", dtype=dtype) for shape, dtype in shapes_dtypes]
+        for probe, (shape, dtype) in zip(probes, shapes_dtypes):
+            assert probe.numel() == 0 or bool(torch.isnan(probe).all()), (
+                f"poisoning a {tuple(shape)} {dtype} output did not happen: the caching allocator "
+                "handed out a block that is not NaN")
+        del probes
+
+    return poison

@@ -59,36 +59,28 @@ def torch_lowprec_attention(q, k, v, scale):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
-def poison_allocator(*shapes):
-    # The binding allocates its outputs with empty_like. Free NaN-filled blocks of exactly those
-    # sizes first: the caching allocator hands them straight back, so an output element the
-    # kernel forgets to write shows up as NaN.
-    blocks = [torch.full(shape, float("nan"), device="cuda") for shape in shapes]
-    torch.cuda.synchronize()
-    del blocks
-
-
 def max_err(x, ref):
     return (x.double() - ref).abs().max().item()
 
 
-def check_against_reference(B, H, Tq, Tk, D, dtype, seed):
+def check_against_reference(B, H, Tq, Tk, D, dtype, seed, poison):
     torch.manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for T in (Tq, Tk, Tk))
     dout = torch.randn(B, H, Tq, D, device="cuda", dtype=dtype)
-    check_tensors_against_reference(q, k, v, dout)
+    check_tensors_against_reference(q, k, v, dout, poison)
 
 
-def check_tensors_against_reference(q, k, v, dout):
-    """The kernel's forward and backward on these (possibly strided) tensors against float64."""
+def check_tensors_against_reference(q, k, v, dout, poison):
+    """The kernel's forward and backward on these (possibly strided) tensors against float64;
+    poison: conftest.py's poison_allocator."""
     (B, H, Tq, D), Tk, dtype = q.shape, k.shape[2], q.dtype
     scale = 1 / math.sqrt(D)
 
     ext = backend.select("attention", q, k, v)
     assert ext is not None, backend.backend_info("cuda")
-    poison_allocator(q.shape, (B, H, Tq))  # out (dtype-agnostic: same bytes or fewer), lse
+    poison((q.shape, dtype), ((B, H, Tq), torch.float32))  # out, lse
     out, lse = attention_forward(q, k, v, scale)
-    poison_allocator(q.shape, k.shape, v.shape, (B, H, Tq))  # dq, dk, dv, delta
+    poison((q.shape, dtype), (k.shape, dtype), (v.shape, dtype), ((B, H, Tq), torch.float32))  # dq, dk, dv, delta
     dq, dk, dv = attention_backward(dout, q, k, v, out, lse, scale)
 
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
@@ -127,20 +119,20 @@ SEQ_LENS = [1, 2, 17, 128, 255, 1024, 2049]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T", SEQ_LENS)
 @pytest.mark.parametrize("D", [32, 64, 128])
-def test_kernel_square(dtype, T, D):
+def test_kernel_square(dtype, T, D, poison_allocator):
     # B and H vary with T so that every (B, H) pair appears without a 4-way cross product
     B, H = [(1, 1), (3, 12), (1, 12), (3, 1)][SEQ_LENS.index(T) % 4]
     if T >= 1024 and B * H > 12:
         B, H = 1, 12  # keeps the float64 reference under a few GB
-    check_against_reference(B, H, T, T, D, dtype, seed=T * 131 + D)
+    check_against_reference(B, H, T, T, D, dtype, seed=T * 131 + D, poison=poison_allocator)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 17), (1, 1023), (5, 64), (17, 130), (63, 64), (100, 4097)])
 @pytest.mark.parametrize("D", [64, 128])
-def test_kernel_query_shorter_than_keys(dtype, Tq, Tk, D):
-    check_against_reference(2, 3, Tq, Tk, D, dtype, seed=Tq * 7 + Tk)
+def test_kernel_query_shorter_than_keys(dtype, Tq, Tk, D, poison_allocator):
+    check_against_reference(2, 3, Tq, Tk, D, dtype, seed=Tq * 7 + Tk, poison=poison_allocator)
 
 
 @pytest.mark.cuda
@@ -227,25 +219,25 @@ def transposed_randn(B, H, T, D, dtype):
 @pytest.mark.parametrize("T", [1, 17, 130, 1025])
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("style", ["split", "stacked"])
-def test_kernel_fused_qkv_views(dtype, T, D, style):
+def test_kernel_fused_qkv_views(dtype, T, D, style, poison_allocator):
     torch.manual_seed(T * 131 + D)
     B, H = (2, 3) if T < 1024 else (1, 4)
     q, k, v = fused_qkv_views(B, T, H, D, dtype, style)
     assert not q.is_contiguous()
-    check_tensors_against_reference(q, k, v, transposed_randn(B, H, T, D, dtype))
+    check_tensors_against_reference(q, k, v, transposed_randn(B, H, T, D, dtype), poison_allocator)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 17), (1, 1023), (5, 64), (17, 130), (63, 64), (100, 300)])
 @pytest.mark.parametrize("D", [32, 64, 128])
-def test_kernel_kv_cache_views(dtype, Tq, Tk, D):
+def test_kernel_kv_cache_views(dtype, Tq, Tk, D, poison_allocator):
     torch.manual_seed(Tq * 7 + Tk + D)
     B, H = 2, 3
     k, v = kv_cache_views(B, H, Tk, D, dtype)
     q = transposed_randn(B, H, Tq, D, dtype)  # the new tokens' q, as the model makes it
     assert not k.is_contiguous()
-    check_tensors_against_reference(q, k, v, transposed_randn(B, H, Tq, D, dtype))
+    check_tensors_against_reference(q, k, v, transposed_randn(B, H, Tq, D, dtype), poison_allocator)
 
 
 @pytest.mark.cuda
@@ -303,7 +295,7 @@ def test_output_takes_the_layout_of_q():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_inputs_the_kernel_cannot_address_are_copied(dtype):
+def test_inputs_the_kernel_cannot_address_are_copied(dtype, poison_allocator):
     # D stride != 1, or a data pointer that is not 16-byte aligned: the binding copies them
     torch.manual_seed(0)
     B, H, T, D = 2, 3, 70, 64
@@ -311,7 +303,7 @@ def test_inputs_the_kernel_cannot_address_are_copied(dtype):
     flat = torch.randn(B * H * T * D + 1, device="cuda", dtype=dtype)
     k = flat[1:].view(B, H, T, D)  # misaligned by one element
     v = torch.randn(B, H, T, D, device="cuda", dtype=dtype)
-    out, *_ = check_tensors_against_reference(q, k, v, torch.randn(B, H, T, D, device="cuda", dtype=dtype))
+    out, *_ = check_tensors_against_reference(q, k, v, torch.randn(B, H, T, D, device="cuda", dtype=dtype), poison_allocator)
     assert out.stride(-1) == 1  # not q's layout: the kernel could not write that
     torch.library.opcheck(torch.ops.toykernels.attention_forward, (q, k, v, 0.125))
 

@@ -10,7 +10,7 @@ Planted bugs check that the emulator can fail."""
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-import emulate  # tools/cuda_emu, on sys.path by conftest.py
+import emulate  # tools/cuda_emu, loaded from its file by conftest.py
 import emulate_attention as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
 import pytest
 from toykernels import _build

@@ -7,7 +7,7 @@ set runs here (every kernel instantiation, fp32/fp16/bf16); the full sweep is
 
 import re
 
-import emulate  # tools/cuda_emu, on sys.path by conftest.py
+import emulate  # tools/cuda_emu, loaded from its file by conftest.py
 import emulate_layernorm as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
 import pytest
 from toykernels import _build

@@ -109,20 +109,39 @@ def test_forward_and_loss_against_float64_reference(bias):
 
 
 def test_gradients_against_float64_reference():
+    """Loss and every gradient against an independent GPT-2: transformers' GPT2LMHeadModel (its own
+    attention, LayerNorm and Conv1D layers, none of toykernels) in float64, from the same
+    weights. The Conv1D weights are stored transposed, so their gradients are compared transposed."""
+    transformers = pytest.importorskip("transformers")
+    from toygpt.hf import CONV1D_WEIGHTS, config_to_hf, toygpt_to_hf
+
     torch.manual_seed(4)
     model = GPT(GPTConfig(vocab_size=41, block_size=13, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # random biases and LayerNorm weights, not the 0 / 1 init
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
     idx = torch.randint(0, 41, (3, 13))
     targets = torch.randint(0, 41, (3, 13))
     _, loss = model(idx, targets)
     loss.backward()
-    ref = GPT(model.config).double().eval()
-    ref.load_state_dict(model.state_dict())
-    _, ref_loss = ref(idx, targets)  # float64 through the same modules: toykernels' fp64 path
+
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(model.config))).double().eval()
+    missing, unexpected = ref.load_state_dict(toygpt_to_hf(model), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    # NOTE: not ref(idx, labels=...): transformers shifts labels by one inside, and toygpt's
+    # targets are already the next tokens
+    logits = ref(idx).logits
+    ref_loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
     ref_loss.backward()
+    torch.testing.assert_close(loss.double(), ref_loss, atol=0, rtol=1e-6)
     ref_grads = dict(ref.named_parameters())
     for name, p in model.named_parameters():
         assert p.grad is not None, name
-        torch.testing.assert_close(p.grad.double(), ref_grads[name].grad, atol=2e-5, rtol=1e-3)
+        want = ref_grads[name].grad
+        if name.endswith(CONV1D_WEIGHTS):
+            want = want.t()
+        torch.testing.assert_close(p.grad.double(), want, atol=2e-5, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_forward_input_errors(tiny_gpt):

@@ -86,7 +86,6 @@ def make_config(preset: str = "mygpt-char", **overrides) -> TrainConfig:
     return TrainConfig(**{**preset_values(preset), **overrides, "preset": preset})
 
 
-
 def presets_help() -> str:
     """The presets' values, for the end of `toygpt train -h` (the flags' own defaults are
     TrainConfig's; a preset replaces some of them, and a flag given explicitly beats both)."""
