@@ -177,7 +177,7 @@ def test_core_cases_reach_every_layer_norm_kernel(core):
     reached = {f"{core.DNAME[c.dtype]} {path}" for c in core.core_cases(tiny=False) if isinstance(c, core.NormCase)
                for path in core.layer_norm_paths(c.C, c.dtype)}  # fmt: skip
     assert reached == core.layer_norm_instantiations()
-    # spot checks of the mirrored dispatch against the table in tests/kernels/test_layernorm_emulated.py
+    # spot checks of the mirrored dispatch against the table in tests/kernels/layernorm/test_emulated.py
     assert core.layer_norm_paths(8200, torch.bfloat16) == ("fwd_cached<8,8>", "bwd_uncached<8>+param_partials")
     assert core.layer_norm_paths(8192, torch.float32) == ("fwd_cached<4,8>", "bwd_cached<4,8>")
     assert core.layer_norm_paths(1025, torch.float16) == ("fwd_uncached<1>", "bwd_uncached<1>+param_partials")

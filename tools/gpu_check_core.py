@@ -16,7 +16,7 @@ fallback. On failure it prints the compiler's first error from the op's build.lo
 `core` runs the kernels directly (the raw forward and backward functions of toykernels.layernorm
 and toykernels.attention, under TOYKERNELS_BACKEND=cuda on a GPU) with NaN-poisoned outputs and
 compares every output and gradient with float64, by flash-attention's rule as the CUDA tests do
-(tests/kernels/test_*_cuda.py): the error may be at most a small multiple of PyTorch's own error
+(tests/kernels/*/test_cuda.py): the error may be at most a small multiple of PyTorch's own error
 in the same precision, plus a floor. One line per case with the max errors and PASS or FAIL,
 then a `# core:` line with the counts. The cases are picked from the launchers' dispatch rules
 (csrc/layernorm.cu: forward_dispatch, backward_dispatch; csrc/attention.cu: launch_forward,

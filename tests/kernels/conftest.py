@@ -40,6 +40,18 @@ def _load_emulator_module(name: str) -> None:
 
 for _name in ("emulate", "emulate_layernorm", "emulate_attention"):  # emulate first: the drivers import it
     _load_emulator_module(_name)
+
+
+def _load_checks() -> None:
+    """tests/kernels/checks.py as the module `kernel_checks`, for the tests of both ops."""
+    if "kernel_checks" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kernel_checks", HERE / "checks.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["kernel_checks"] = module
+        spec.loader.exec_module(module)
+
+
+_load_checks()
 NO_CUDA_REASON = (
     "needs an NVIDIA GPU and a CUDA build of torch "
     f"(torch {torch.__version__}, torch.cuda.is_available() is False)"
@@ -124,7 +136,7 @@ def cxx() -> str:
     return compiler
 
 
-# The emulated tests (test_*_emulated.py) import their driver as `emu` (emulate_layernorm,
+# The emulated tests (*/test_emulated.py) import their driver as `emu` (emulate_layernorm,
 # emulate_attention) and define reduced_cases(); these fixtures serve each such module.
 @pytest.fixture(scope="module")
 def emulator(request, cxx, tmp_path_factory) -> Path:

@@ -26,7 +26,7 @@ CSRC = _build.CSRC
 
 # .cu files whose compile check lives beside their op's tests (not compiled twice: it costs
 # tens of CPU seconds per file); every other .cu file is checked here.
-CHECKED_ELSEWHERE = {"attention.cu": "test_attention_cuda.py"}
+CHECKED_ELSEWHERE = {"attention.cu": "attention/test_cuda.py"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CSRC.glob("*.cu") if p.name not in CHECKED_ELSEWHERE))

@@ -5,7 +5,7 @@
     python tools/cuda_emu/emulate_attention.py --source /path/to/attention.cu
     python tools/cuda_emu/emulate_attention.py --case "dtype=f16 Tq=17 Tk=65 D=64 layout=cache"
 
-Exit status 1 when a case fails. tests/kernels/test_attention_emulated.py imports this file
+Exit status 1 when a case fails. tests/kernels/attention/test_emulated.py imports this file
 (build, Case, run) and runs a reduced case set on every `make test`. See README.md.
 """
 

@@ -5,7 +5,7 @@
     python tools/cuda_emu/emulate_layernorm.py --source /path/to/layernorm.cu
     python tools/cuda_emu/emulate_layernorm.py --case "dtype=f16 rows=9 C=768 fused=1 sms=2"
 
-Exit status 1 when a case fails. tests/kernels/test_layernorm_emulated.py imports this file
+Exit status 1 when a case fails. tests/kernels/layernorm/test_emulated.py imports this file
 (build, Case, run) and runs a reduced case set on every `make test`. See README.md.
 """
 

@@ -2,7 +2,7 @@
 the custom op with its explicit backward (the path CUDA tensors take; on a CPU the raw functions
 underneath run ATen's CPU flash attention), the raw functions and the tiled reference.
 The whole-matrix formulas of reference.py are held against float64 and against ATen's kernels in
-test_cpu_fallback.py.
+test_cpu_paths.py.
 
 Everything is compared against naive attention in float64 written out here, so a wrong mask
 alignment or a wrong gradient formula in toykernels cannot hide behind a shared helper.
