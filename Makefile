@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-DEV_TOOLS := pytest ruff nbclient nbformat ipykernel
+DEV_TOOLS := pytest ruff nbclient nbformat ipykernel micrograd
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean cuda-build-check

@@ -5,8 +5,9 @@
 The step is the demo's (toygrad/demo.py): forward of MLP(2, [16, 16, 1]) over 100 moons points,
 max-margin loss + 1e-4 L2, zero_grad, backward, SGD update. Providers:
 - toygrad:  toygrad.engine / toygrad.nn (n-ary dot nodes, __slots__, iterative topo sort).
-- baseline: toygrad.micrograd, micrograd's engine as it is in its repository: one binary node per
-            + and *, a set of children, a fresh closure per node, recursive topological sort.
+- baseline: karpathy/micrograd itself (`pip install micrograd==0.1.0`; the Makefile installs it):
+            one binary node per + and *, a set of children, a fresh closure per node, a
+            recursive topological sort.
 Both start from the same weights (random.seed(1337)) and their first losses are checked to agree
 before anything is timed. Reported: median / min / max wall-clock ms per step over the repeats, and
 CPU ms per step (process time: less disturbed when other processes share the cores), and the
@@ -25,14 +26,19 @@ import time
 from pathlib import Path
 
 from benchlib import git_commit
-from toygrad import micrograd
 from toygrad.datasets import make_moons
 from toygrad.demo import loss_and_accuracy
 from toygrad.nn import MLP
 
+try:
+    import micrograd.engine
+    import micrograd.nn
+except ImportError:
+    sys.exit("bench_toygrad: the baseline is karpathy/micrograd: pip install micrograd==0.1.0")
+
 
 def baseline_loss(model, X, y, alpha):
-    scores = [model([micrograd.Value(x1), micrograd.Value(x2)]) for x1, x2 in X]
+    scores = [model([micrograd.engine.Value(x1), micrograd.engine.Value(x2)]) for x1, x2 in X]
     losses = [(1 + -yi * s).relu() for yi, s in zip(y, scores)]
     data_loss = sum(losses) * (1.0 / len(losses))
     return data_loss + alpha * sum(p * p for p in model.parameters())
@@ -50,7 +56,7 @@ def make_step(provider, X, y, alpha=1e-4, lr=0.5):
         def loss_fn():
             return loss_and_accuracy(model, X, y, alpha)[0]
     else:
-        model = micrograd.MLP(2, [16, 16, 1])
+        model = micrograd.nn.MLP(2, [16, 16, 1])
         params = model.parameters()
 
         def loss_fn():

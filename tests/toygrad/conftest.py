@@ -1,19 +1,19 @@
-"""Test helpers for toygrad: a reference engine with micrograd's semantics.
+"""Test helpers for toygrad: the reference engine, karpathy/micrograd itself.
 
-`micrograd_ref` is toygrad.micrograd, a deliberately plain re-statement of micrograd's engine and
-nn (binary nodes, a closure per node, recursive topological sort): the behaviour toygrad promises
-to match. With --import-mode=importlib a conftest cannot be imported by the tests, so it is
-served as a fixture.
+`micrograd_ref` is micrograd as published on PyPI (`micrograd==0.1.0`, a dev tool the Makefile
+installs): binary nodes, a closure per node, a recursive topological sort, the behaviour toygrad
+promises to match. With --import-mode=importlib a conftest cannot be imported by the tests, so
+it is served as a fixture.
 """
 
 import types
 
 import pytest
-from toygrad import micrograd
 
 
 @pytest.fixture(scope="session")
 def micrograd_ref():
-    """A namespace with Value, Neuron, Layer, MLP: micrograd's semantics, written out plainly."""
-    return types.SimpleNamespace(Value=micrograd.Value, Neuron=micrograd.Neuron, Layer=micrograd.Layer,
-                                 MLP=micrograd.MLP)
+    """A namespace with Value, Neuron, Layer, MLP: karpathy/micrograd's engine and nn."""
+    engine = pytest.importorskip("micrograd.engine", reason="micrograd (pip install micrograd==0.1.0) is the reference")
+    nn = pytest.importorskip("micrograd.nn")
+    return types.SimpleNamespace(Value=engine.Value, Neuron=nn.Neuron, Layer=nn.Layer, MLP=nn.MLP)
