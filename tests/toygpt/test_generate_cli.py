@@ -45,3 +45,12 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("toygpt generate: error: ") and message in err, err
     assert main(["generate", "--model", str(tmp_path / "missing")]) == 2
     assert "missing: no such directory" in capsys.readouterr().err
+
+
+def test_a_model_without_its_tokenizer_is_a_command_line_error(tmp_path, capsys):
+    make_checkpoint(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()  # a char model's vocabulary is not GPT-2's
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "To"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no tokenizer.json" in err and "vocab_size" in err, err
+    assert "tokenizer=" not in err  # the Python API's advice, not a command line's

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toygpt import attention_view
 from toygpt.errors import ToyGPTError
+from toygpt.generation import GPT2_VOCAB_SIZES
 
 # the most tokens one call may ask for: far beyond any use, and small enough that buffers of
 # this length (the sampled ids, a row of the KV cache per step) never fail to allocate
@@ -85,6 +86,11 @@ def run(args) -> None:
         model = load_model(local).to(device)
     else:
         model = GPT.from_pretrained(args.model).to(device)  # a hub name, or an error naming it
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if getattr(model, "tokenizer", None) is None and vocab_size not in GPT2_VOCAB_SIZES:
+        # the API's advice (pass tokenizer=...) means nothing on a command line
+        raise ToyGPTError(f"--model {args.model}: it has no tokenizer.json and its vocab_size {vocab_size} "
+                          "is not GPT-2's; put the tokenizer.json of the data it was trained on beside it")
     if args.show_probs is not None:
         return attention_view.show_probs(model, args)
     pieces = model.generate(
