@@ -102,3 +102,9 @@ def test_notebook_shows_the_decision_boundary_as_an_image(tmp_path):
     cell = next(c for c in nb.cells if "plot_decision_boundary(model" in c.source)
     shown = [o for o in cell.outputs if o.get("output_type") == "execute_result"]
     assert shown and "image/png" in shown[0]["data"], cell.outputs
+
+
+def test_train_gpt_names_a_file_that_is_not_utf8(tmp_path, capsys):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("café au lait, crème brûlée\n".encode("latin-1") * 50)
+    _one_line_error(capsys, train_gpt_main([str(text)]), str(text))

@@ -69,7 +69,10 @@ class CharData:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"training text not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         if len(text) < 2:
             raise ValueError(f"{path} is too short to train on ({len(text)} characters)")
         self.chars = sorted(set(text))
