@@ -1,0 +1,70 @@
+"""Two nodes the way torchrun starts them: one launcher per node (`--nnodes 2 --node_rank N`), a
+static rendezvous on localhost, gloo, one process each, training on a sharded GPT-2 corpus. The
+two-node run follows one process with the same global batch, and resumes bit-exactly."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from toygpt.shards import prepare_shards
+from toygpt.tokenizers.gpt2 import ENV_VAR
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(run_dir):
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_process_and_resume_exactly(tmp_path, shakespeare_path, gpt2_vocab_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV_VAR: str(gpt2_vocab_dir)}
+    os.environ[ENV_VAR] = str(gpt2_vocab_dir)  # for prepare_shards in this process
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = shakespeare_path.read_text()[:40_000]
+    for i in range(3):  # several files: a sharded corpus, several shards
+        (corpus / f"part{i}.txt").write_text(text[i * 13_000:(i + 1) * 13_000])
+    prepare_shards(sorted(corpus.iterdir()), tmp_path / "data", shard_tokens=2_000, workers=0,
+                   progress_bar=False, log=None)
+
+    def args(out, max_iters, grad_accum, *extra):
+        return ["-m", "toygpt", "train", "--preset", "mygpt-char", "--data", str(tmp_path / "data"),
+                "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--dropout", "0",
+                "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-iters", str(max_iters),
+                "--lr-decay-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--sample-tokens", "0",
+                "--no-progress", "--device", "cpu", "--out", str(tmp_path / out), *extra]
+
+    def two_nodes(out, max_iters, *extra):
+        port = _free_port()
+        launchers = [
+            subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                              "--node_rank", str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                              "--master_port", str(port), *args(out, max_iters, 1, *extra)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for node in (0, 1)
+        ]
+        for node, p in enumerate(launchers):
+            _, err = p.communicate(timeout=240)
+            assert p.returncode == 0, f"node {node}: {err[-3000:]}"
+
+    single = subprocess.run([sys.executable, *args("single", 4, 2)], capture_output=True, text=True,
+                            timeout=240, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two_nodes("nodes", 4)
+    one, two = _losses(tmp_path / "single"), _losses(tmp_path / "nodes")
+    assert len(one) == len(two) == 4 and one[-1] < one[0]
+    assert max(abs(a - b) for a, b in zip(one, two)) <= 1e-5, (one, two)
+
+    # the same two-node run stopped at step 2, then resumed: the steps after it are bit-exact
+    two_nodes("split", 2)
+    two_nodes("split", 4, "--resume")
+    assert _losses(tmp_path / "split") == two
