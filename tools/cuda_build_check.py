@@ -48,7 +48,7 @@ STEPS = ("toolkit", "build", "ops", "fake", "compile", "ptxas")
 EXPECTED_OPS = ("add_layer_norm_fwd", "attention_backward", "attention_forward", "layer_norm_bwd", "layer_norm_fwd")
 # What each extension module exports (the m.def names in csrc/*_bindings.cpp).
 EXPECTED_EXPORTS = {
-    "layer_norm": ("forward", "add_forward", "backward"),
+    "layer_norm": ("layer_norm_forward", "add_layer_norm_forward", "layer_norm_backward"),
     "attention": ("attention_forward", "attention_backward"),
 }
 

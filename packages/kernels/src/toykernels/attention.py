@@ -221,7 +221,7 @@ def _(dout, q, k, v, out, lse, scale):
     return _empty_output(q), _empty_output(k), _empty_output(v)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_attention(ctx, inputs, output):
     q, k, v, scale = inputs
     out, lse = output
     ctx.scale = scale
@@ -229,7 +229,7 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(q, k, v, out, lse)
 
 
-def _backward(ctx, dout, dlse):
+def _backward_attention(ctx, dout, dlse):
     # NOTE: lse is an auxiliary output for the backward; its gradient (dlse) is not propagated.
     q, k, v, out, lse = ctx.saved_tensors
     # dout as autograd hands it over (often a transposed view): the CPU paths take any strides,
@@ -238,7 +238,7 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, None
 
 
-_attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_attention_forward_op.register_autograd(_backward_attention, setup_context=_setup_attention)
 
 
 # Under autocast F.scaled_dot_product_attention is on the lower-precision list, on CUDA and on

@@ -90,7 +90,7 @@ def _check_residual(x, residual, op="add_layer_norm", same_dtype=True):
         raise ValueError(f"{op}: residual is on {residual.device} but x is on {x.device}")
 
 
-def _unsupported(x: Tensor) -> str | None:
+def _unsupported_reason(x: Tensor) -> str | None:
     """Why the CUDA kernel cannot take x (the fallback runs instead), or None."""
     if x.dtype not in _CUDA_DTYPES:
         return f"{x.dtype} is not supported by the CUDA kernel (float32, float16, bfloat16 are)"
@@ -203,11 +203,11 @@ def layer_norm_forward(x, weight, bias, eps):
     _check(x, weight, bias, eps)
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
-    ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
+    ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
         y, mean, rstd = _forward_fallback(x2, weight, bias, eps)
     else:
-        y, mean, rstd = ext.forward(x2, weight, bias, float(eps))
+        y, mean, rstd = ext.layer_norm_forward(x2, weight, bias, float(eps))
     return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
 
 
@@ -218,12 +218,12 @@ def add_layer_norm_forward(x, residual, weight, bias, eps):
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
     r2 = residual.reshape(-1, C).contiguous()  # (N, C)
-    ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
+    ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
         s = x2 + r2
         y, mean, rstd = _forward_fallback(s, weight, bias, eps)
     else:
-        s, y, mean, rstd = ext.add_forward(x2, r2, weight, bias, float(eps))
+        s, y, mean, rstd = ext.add_layer_norm_forward(x2, r2, weight, bias, float(eps))
     stats_shape = x.shape[:-1]
     return s.view(x.shape), y.view(x.shape), mean.view(stats_shape), rstd.view(stats_shape)
 
@@ -242,11 +242,11 @@ def layer_norm_backward(dy, x, weight, mean, rstd, has_bias=True):
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
     mean1 = mean.reshape(-1).contiguous()  # (N,)
     rstd1 = rstd.reshape(-1).contiguous()  # (N,)
-    ext = backend.select("layer_norm", x, unsupported=_unsupported(x))
+    ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
         dx, dweight, dbias = _backward_fallback(dy2.to(x.dtype), x2, weight, mean1, rstd1, has_bias)
     else:
-        dx, dweight, dbias = ext.backward(dy2.to(x.dtype), x2, weight, mean1, rstd1, bool(has_bias))
+        dx, dweight, dbias = ext.layer_norm_backward(dy2.to(x.dtype), x2, weight, mean1, rstd1, bool(has_bias))
         # the extension reduces the parameter gradients in fp32; hand them back in weight's dtype
         param_dtype = weight.dtype if weight is not None else x.dtype
         dweight = dweight.to(param_dtype) if weight is not None else None

@@ -14,22 +14,17 @@
 #include <limits>
 
 #include "attention.h"
+#include "torch_checks.h"
 
 namespace {
 
 using toykernels::AttnDType;
 
-#define CHECK_ARG(cond, name, ...) TORCH_CHECK(cond, "toykernels attention: ", name, " ", __VA_ARGS__)
+constexpr const char* kOp = "attention";
 
-AttnDType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return AttnDType::Float32;
-    case at::kHalf: return AttnDType::Float16;
-    case at::kBFloat16: return AttnDType::BFloat16;
-    default: CHECK_ARG(false, "q", "has dtype ", t.scalar_type(), "; expected float32, float16 or bfloat16");
-  }
-  return AttnDType::Float32;  // unreachable
-}
+#define CHECK_ARG(cond, name, ...) TOYKERNELS_CHECK_ARG(kOp, cond, name, __VA_ARGS__)
+
+AttnDType dtype_of(const at::Tensor& t) { return toykernels::kernel_dtype_of<AttnDType>(t, kOp, "q"); }
 
 // True when the kernels can address t (B, H, T, D) in place: unit stride along D, and every row
 // start 16-byte aligned (the kernels move rows in 16-byte chunks): the data pointer and the
@@ -92,9 +87,7 @@ Problem check_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return {B, H, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(D)};
 }
 
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "toykernels attention: ", what, " failed: ", cudaGetErrorString(err));
-}
+void check_launch(cudaError_t err, const char* what) { toykernels::check_launch(err, kOp, what); }
 
 std::vector<at::Tensor> attention_forward(const at::Tensor& q_in, const at::Tensor& k_in,
                                           const at::Tensor& v_in, double scale) {

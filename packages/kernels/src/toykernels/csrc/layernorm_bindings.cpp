@@ -9,23 +9,17 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "layernorm.h"
+#include "torch_checks.h"
 
 namespace {
 
 using toykernels::DType;
 
-#define CHECK_ARG(cond, name, ...) TORCH_CHECK(cond, "toykernels layer_norm: ", name, " ", __VA_ARGS__)
+constexpr const char* kOp = "layer_norm";
 
-DType dtype_of(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default:
-      CHECK_ARG(false, name, "has dtype ", t.scalar_type(), "; expected float32, float16 or bfloat16");
-  }
-  return DType::Float32;  // unreachable
-}
+#define CHECK_ARG(cond, name, ...) TOYKERNELS_CHECK_ARG(kOp, cond, name, __VA_ARGS__)
+
+DType dtype_of(const at::Tensor& t, const char* name) { return toykernels::kernel_dtype_of<DType>(t, kOp, name); }
 
 // A (rows, C) CUDA tensor, contiguous, on x's device (x itself: ref == nullptr).
 void check_rows(const at::Tensor& t, const char* name, const at::Tensor* ref) {
@@ -68,9 +62,7 @@ const float* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
 
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "toykernels layer_norm: ", what, " failed: ", cudaGetErrorString(err));
-}
+void check_launch(cudaError_t err, const char* what) { toykernels::check_launch(err, kOp, what); }
 
 std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor* residual,
                                      const c10::optional<at::Tensor>& weight,
@@ -100,22 +92,22 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor* resi
 }
 
 // -> [y, mean, rstd]
-std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                const c10::optional<at::Tensor>& bias, double eps) {
+std::vector<at::Tensor> layer_norm_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias, double eps) {
   return forward_impl(x, nullptr, weight, bias, eps);
 }
 
 // -> [s = x + residual, y = LayerNorm(s), mean, rstd]
-std::vector<at::Tensor> add_forward(const at::Tensor& x, const at::Tensor& residual,
-                                    const c10::optional<at::Tensor>& weight,
-                                    const c10::optional<at::Tensor>& bias, double eps) {
+std::vector<at::Tensor> add_layer_norm_forward(const at::Tensor& x, const at::Tensor& residual,
+                                               const c10::optional<at::Tensor>& weight,
+                                               const c10::optional<at::Tensor>& bias, double eps) {
   return forward_impl(x, &residual, weight, bias, eps);
 }
 
 // -> [dx, dweight (fp32, or None without weight), dbias (fp32, or None unless has_bias)]
-std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x,
-                                 const c10::optional<at::Tensor>& weight, const at::Tensor& mean,
-                                 const at::Tensor& rstd, bool has_bias) {
+std::vector<at::Tensor> layer_norm_backward(const at::Tensor& dy, const at::Tensor& x,
+                                            const c10::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                            const at::Tensor& rstd, bool has_bias) {
   check_rows(x, "x", nullptr);
   check_rows(dy, "dy", &x);
   check_stats(mean, "mean", x);
@@ -147,10 +139,12 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "toykernels fused LayerNorm (forward, residual-add forward, backward)";
-  m.def("forward", &forward, "LayerNorm forward -> [y, mean, rstd]", py::arg("x"),
+  m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm forward -> [y, mean, rstd]",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"));
+  m.def("add_layer_norm_forward", &add_layer_norm_forward,
+        "x + residual then LayerNorm -> [s, y, mean, rstd]", py::arg("x"), py::arg("residual"),
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
-  m.def("add_forward", &add_forward, "x + residual then LayerNorm -> [s, y, mean, rstd]",
-        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"));
-  m.def("backward", &backward, "LayerNorm backward -> [dx, dweight, dbias]", py::arg("dy"),
-        py::arg("x"), py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("has_bias"));
+  m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm backward -> [dx, dweight, dbias]",
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("mean"), py::arg("rstd"),
+        py::arg("has_bias"));
 }
