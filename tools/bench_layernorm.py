@@ -136,12 +136,12 @@ def per_call_latency(device, reps):
     variants = {
         "layer_norm": {
             "toykernels": lambda: toykernels.layer_norm(x, weight, bias),
-            "custom_op": lambda: ops.layer_norm_fwd(x, weight, bias, 1e-5)[0],
+            "custom_op": lambda: ops.layer_norm_forward(x, weight, bias, 1e-5)[0],
             "torch": lambda: F.layer_norm(x, (C,), weight, bias),
         },
         "add_layer_norm": {
             "toykernels": lambda: toykernels.add_layer_norm(x, residual, weight, bias),
-            "custom_op": lambda: ops.add_layer_norm_fwd(x, residual, weight, bias, 1e-5)[:2],
+            "custom_op": lambda: ops.add_layer_norm_forward(x, residual, weight, bias, 1e-5)[:2],
             "torch": lambda: F.layer_norm(x + residual, (C,), weight, bias),
         },
     }

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("toolkit", "build", "ops", "fake", "compile", "ptxas")
 
 # The op names, written out here (not read from the package) so a lost registration fails.
-EXPECTED_OPS = ("add_layer_norm_fwd", "attention_backward", "attention_forward", "layer_norm_bwd", "layer_norm_fwd")
+EXPECTED_OPS = ("add_layer_norm_forward", "attention_backward", "attention_forward", "layer_norm_backward", "layer_norm_forward")
 # What each extension module exports (the m.def names in csrc/*_bindings.cpp).
 EXPECTED_EXPORTS = {
     "layer_norm": ("layer_norm_forward", "add_layer_norm_forward", "layer_norm_backward"),
@@ -184,7 +184,7 @@ def _add_ln(device, dtype):
 def _ln_bwd(device, dtype, with_params=True):
     x = torch.randn(3, 5, 257, device=device, dtype=dtype)
     weight = torch.randn(257, device=device) if with_params else None  # fp32 master weight
-    _, mean, rstd = torch.ops.toykernels.layer_norm_fwd(x, weight, None, 1e-5)
+    _, mean, rstd = torch.ops.toykernels.layer_norm_forward(x, weight, None, 1e-5)
     return (torch.randn_like(x), x, weight, mean, rstd, with_params)
 
 
@@ -237,13 +237,13 @@ def _fake_cases() -> list[FakeCase]:
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         cases += [
-            FakeCase("layer_norm_fwd", f"{name} (3, 5, 257)", functools.partial(_ln, dtype=dtype), {}),
-            FakeCase("layer_norm_fwd", f"{name} transposed (3, 5, 96), fp32 weight",
+            FakeCase("layer_norm_forward", f"{name} (3, 5, 257)", functools.partial(_ln, dtype=dtype), {}),
+            FakeCase("layer_norm_forward", f"{name} transposed (3, 5, 96), fp32 weight",
                      functools.partial(_ln_transposed_fp32_weight, dtype=dtype), {}),  # fmt: skip
-            FakeCase("layer_norm_fwd", f"{name} (4, 96), no weight or bias", functools.partial(_ln_no_params, dtype=dtype), {}),
-            FakeCase("add_layer_norm_fwd", f"{name} (2, 7, 96)", functools.partial(_add_ln, dtype=dtype), {}),
-            FakeCase("layer_norm_bwd", f"{name} (3, 5, 257), fp32 weight", functools.partial(_ln_bwd, dtype=dtype), {}),
-            FakeCase("layer_norm_bwd", f"{name} (3, 5, 257), no weight or bias",
+            FakeCase("layer_norm_forward", f"{name} (4, 96), no weight or bias", functools.partial(_ln_no_params, dtype=dtype), {}),
+            FakeCase("add_layer_norm_forward", f"{name} (2, 7, 96)", functools.partial(_add_ln, dtype=dtype), {}),
+            FakeCase("layer_norm_backward", f"{name} (3, 5, 257), fp32 weight", functools.partial(_ln_bwd, dtype=dtype), {}),
+            FakeCase("layer_norm_backward", f"{name} (3, 5, 257), no weight or bias",
                      functools.partial(_ln_bwd, dtype=dtype, with_params=False), {}),  # fmt: skip
         ]
         for label, make_qkv in qkv_layouts:
@@ -348,8 +348,8 @@ def _trace_block(device: str, train: bool) -> dict:
 
 
 def step_compile(check: Check, args) -> None:
-    expect_forward = {"layer_norm_fwd", "attention_forward", "add_layer_norm_fwd"}
-    expect_backward = {"layer_norm_bwd", "attention_backward"}
+    expect_forward = {"layer_norm_forward", "attention_forward", "add_layer_norm_forward"}
+    expect_backward = {"layer_norm_backward", "attention_backward"}
 
     def verify(what: str, graphs: dict, kinds: dict) -> None:
         if len(graphs["dynamo"]) != 1:

@@ -130,7 +130,7 @@ def test_cuda_autocast_layer_norm_dtypes(fake_cuda, ac_dtype, x_dtype):
         w, b = torch.empty(64, device="cuda"), torch.empty(64, device="cuda", dtype=x_dtype)
         with fake_cuda.autocast(ac_dtype):
             got, want = toykernels.layer_norm(x, w, w), F.layer_norm(x, (64,), w, w)
-            ops = torch.ops.toykernels.layer_norm_fwd(x, w, b, 1e-5)
+            ops = torch.ops.toykernels.layer_norm_forward(x, w, b, 1e-5)
         assert got.dtype == want.dtype == torch.float32
         assert _dtypes(*ops) == (torch.float32, torch.float32, torch.float32)
 
@@ -147,7 +147,7 @@ def test_cuda_autocast_add_layer_norm_dtypes(fake_cuda, ac_dtype, x_dtype, r_dty
             s, y = toykernels.add_layer_norm(x, r, w, b)
             want_s = x + r
             want_y = F.layer_norm(want_s, (64,), w, b)
-            ops = torch.ops.toykernels.add_layer_norm_fwd(x, r, w, b, 1e-5)  # mixed dtypes, directly
+            ops = torch.ops.toykernels.add_layer_norm_forward(x, r, w, b, 1e-5)  # mixed dtypes, directly
         assert _dtypes(s, y) == _dtypes(want_s, want_y) == _dtypes(*ops[:2])
         assert _dtypes(*ops[2:]) == (torch.float32, torch.float32)
 

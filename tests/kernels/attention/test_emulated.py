@@ -129,7 +129,7 @@ PLANTED_BUGS = {
     # 87 KB of dynamic shared memory (D = 128) without raising the 48 KB default: the launch
     # fails, as on a GPU
     "forward without cudaFuncSetAttribute": (
-        "    cudaError_t err = cudaFuncSetAttribute(flash_forward_tc<T, D>,\n"
+        "    cudaError_t err = cudaFuncSetAttribute(attention_fwd_tc<T, D>,\n"
         "                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);\n"
         "    if (err != cudaSuccess) return err;\n",
         "",

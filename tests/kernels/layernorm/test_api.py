@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 import toykernels
 from toykernels.layernorm import (
-    _add_layer_norm_op,
-    _layer_norm_bwd_op,
-    _layer_norm_op,
+    _add_layer_norm_forward_op,
+    _layer_norm_backward_op,
+    _layer_norm_forward_op,
     add_layer_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
@@ -28,12 +28,12 @@ EPS = 1e-5
 # custom ops called directly (their registered backward, the path CUDA tensors take).
 LAYER_NORM = {
     "api": lambda x, weight, bias: toykernels.layer_norm(x, weight, bias, eps=EPS),
-    "custom_op": lambda x, weight, bias: torch.ops.toykernels.layer_norm_fwd(x, weight, bias, EPS)[0],
+    "custom_op": lambda x, weight, bias: torch.ops.toykernels.layer_norm_forward(x, weight, bias, EPS)[0],
 }
 ADD_LAYER_NORM = {
     "api": lambda x, residual, weight, bias: toykernels.add_layer_norm(x, residual, weight, bias, eps=EPS),
     "custom_op": lambda x, residual, weight, bias: tuple(
-        torch.ops.toykernels.add_layer_norm_fwd(x, residual, weight, bias, EPS)[:2]
+        torch.ops.toykernels.add_layer_norm_forward(x, residual, weight, bias, EPS)[:2]
     ),
 }
 
@@ -128,8 +128,8 @@ def test_public_api_runs_torch_native_ops_on_cpu_and_custom_ops_do_not():
     s, y = toykernels.add_layer_norm(x, x, weight, bias)
     assert type(y.grad_fn).__name__ == "NativeLayerNormBackward0"
     assert type(s.grad_fn).__name__ == "AddBackward0"
-    y_op = torch.ops.toykernels.layer_norm_fwd(x, weight, bias, EPS)[0]
-    assert "toykernels_layer_norm_fwd" in type(y_op.grad_fn).__name__
+    y_op = torch.ops.toykernels.layer_norm_forward(x, weight, bias, EPS)[0]
+    assert "toykernels_layer_norm_forward" in type(y_op.grad_fn).__name__
     with torch.no_grad():
         assert toykernels.layer_norm(x, weight, bias).grad_fn is None
 
@@ -285,14 +285,14 @@ def test_opcheck_passes_for_every_op():
     x = torch.randn(3, 5, 8, requires_grad=True)
     residual = torch.randn(3, 5, 8, requires_grad=True)
     weight, bias = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
-    torch.library.opcheck(_layer_norm_op, (x, weight, bias, 1e-5))
-    torch.library.opcheck(_layer_norm_op, (x, None, None, 1e-5))
-    torch.library.opcheck(_add_layer_norm_op, (x, residual, weight, bias, 1e-5))
-    torch.library.opcheck(_add_layer_norm_op, (x, residual, weight, None, 1e-5))
+    torch.library.opcheck(_layer_norm_forward_op, (x, weight, bias, 1e-5))
+    torch.library.opcheck(_layer_norm_forward_op, (x, None, None, 1e-5))
+    torch.library.opcheck(_add_layer_norm_forward_op, (x, residual, weight, bias, 1e-5))
+    torch.library.opcheck(_add_layer_norm_forward_op, (x, residual, weight, None, 1e-5))
     _, mean, rstd = layer_norm_forward(x.detach(), weight.detach(), bias.detach(), 1e-5)
     dy = torch.randn(3, 5, 8)
-    torch.library.opcheck(_layer_norm_bwd_op, (dy, x.detach(), weight.detach(), mean, rstd, True))
-    torch.library.opcheck(_layer_norm_bwd_op, (dy, x.detach(), None, mean, rstd, False))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x.detach(), weight.detach(), mean, rstd, True))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x.detach(), None, mean, rstd, False))
 
 
 class _PreLNBlock(torch.nn.Module):
@@ -319,8 +319,8 @@ class _PreLNBlockCustomOps(torch.nn.Module):
 
     def forward(self, x):
         b = self.block
-        h = b.fc(torch.ops.toykernels.layer_norm_fwd(x, b.ln_1.weight, b.ln_1.bias, b.ln_1.eps)[0])
-        s, y, _, _ = torch.ops.toykernels.add_layer_norm_fwd(x, h, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps)
+        h = b.fc(torch.ops.toykernels.layer_norm_forward(x, b.ln_1.weight, b.ln_1.bias, b.ln_1.eps)[0])
+        s, y, _, _ = torch.ops.toykernels.add_layer_norm_forward(x, h, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps)
         return s + y
 
 

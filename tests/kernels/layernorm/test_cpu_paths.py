@@ -173,11 +173,11 @@ def test_layer_norm_custom_ops_opcheck_on_the_low_precision_cpu_path():
     # the parameter casts and the ones weight that put ATen on its fp32-statistics path
     x = torch.randn(3, 5, 24).to(torch.bfloat16).requires_grad_()
     weight = torch.randn(24).to(torch.bfloat16).requires_grad_()
-    torch.library.opcheck(layernorm._layer_norm_op, (x, weight, None, 1e-5))
-    torch.library.opcheck(layernorm._layer_norm_op, (x.detach().half(), None, None, 1e-5))
+    torch.library.opcheck(layernorm._layer_norm_forward_op, (x, weight, None, 1e-5))
+    torch.library.opcheck(layernorm._layer_norm_forward_op, (x.detach().half(), None, None, 1e-5))
     _, mean, rstd = layer_norm_forward(x.detach(), None, None, 1e-5)
     dy = torch.randn(3, 5, 24).to(torch.bfloat16)
-    torch.library.opcheck(layernorm._layer_norm_bwd_op, (dy, x.detach(), None, mean, rstd, True))
+    torch.library.opcheck(layernorm._layer_norm_backward_op, (dy, x.detach(), None, mean, rstd, True))
 
 
 def test_statistics_in_another_dtype_are_cast_not_refused():

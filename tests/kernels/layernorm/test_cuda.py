@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 import toykernels
 from toykernels.layernorm import (
-    _add_layer_norm_op,
-    _layer_norm_op,
+    _add_layer_norm_forward_op,
+    _layer_norm_forward_op,
     add_layer_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
@@ -140,8 +140,8 @@ def test_opcheck_and_compile_on_cuda():
     residual = torch.randn(3, 5, 64, device="cuda", requires_grad=True)
     weight = torch.randn(64, device="cuda", requires_grad=True)
     bias = torch.randn(64, device="cuda", requires_grad=True)
-    torch.library.opcheck(_layer_norm_op, (x, weight, bias, EPS))
-    torch.library.opcheck(_add_layer_norm_op, (x, residual, weight, bias, EPS))
+    torch.library.opcheck(_layer_norm_forward_op, (x, weight, bias, EPS))
+    torch.library.opcheck(_add_layer_norm_forward_op, (x, residual, weight, bias, EPS))
 
     def block(x, residual):
         s, y = toykernels.add_layer_norm(x, residual, weight, bias)

@@ -6,7 +6,7 @@
    (`aten.native_layer_norm` and its backward, called without autograd), and anywhere else the
    same formulas written in PyTorch (`reference.layer_norm_forward_ref` / `_backward_ref`).
    toygrad.Tensor calls these directly.
-2. torch custom ops (`toykernels::layer_norm_fwd`, `::add_layer_norm_fwd`, `::layer_norm_bwd`)
+2. torch custom ops (`toykernels::layer_norm_forward`, `::add_layer_norm_forward`, `::layer_norm_backward`)
    with fake (meta) and autograd registrations, so torch.compile(fullgraph=True) traces them.
 3. The functional API, which validates its input: `layer_norm`, `add_layer_norm`. For tensors
    that are not on CUDA it calls F.layer_norm directly (see `backend.native_path`): PyTorch's
@@ -258,27 +258,27 @@ def layer_norm_backward(dy, x, weight, mean, rstd, has_bias=True):
 # layer 2: custom ops, with fake (shape-only) and autograd registrations
 
 
-@torch.library.custom_op("toykernels::layer_norm_fwd", mutates_args=())
-def _layer_norm_op(
+@torch.library.custom_op("toykernels::layer_norm_forward", mutates_args=())
+def _layer_norm_forward_op(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     return layer_norm_forward(x, weight, bias, eps)
 
 
-@_layer_norm_op.register_fake
+@_layer_norm_forward_op.register_fake
 def _(x, weight, bias, eps):
     stat = _stat_dtype(x.dtype)
     return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=stat), x.new_empty(x.shape[:-1], dtype=stat)
 
 
-@torch.library.custom_op("toykernels::add_layer_norm_fwd", mutates_args=())
-def _add_layer_norm_op(
+@torch.library.custom_op("toykernels::add_layer_norm_forward", mutates_args=())
+def _add_layer_norm_forward_op(
     x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return add_layer_norm_forward(x, residual, weight, bias, eps)
 
 
-@_add_layer_norm_op.register_fake
+@_add_layer_norm_forward_op.register_fake
 def _(x, residual, weight, bias, eps):
     stat = _stat_dtype(x.dtype)
     stats_shape = x.shape[:-1]
@@ -290,8 +290,8 @@ def _(x, residual, weight, bias, eps):
     )
 
 
-@torch.library.custom_op("toykernels::layer_norm_bwd", mutates_args=())
-def _layer_norm_bwd_op(
+@torch.library.custom_op("toykernels::layer_norm_backward", mutates_args=())
+def _layer_norm_backward_op(
     dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
@@ -300,7 +300,7 @@ def _layer_norm_bwd_op(
     return dx, (dweight if dweight is not None else empty), (dbias if dbias is not None else empty.clone())
 
 
-@_layer_norm_bwd_op.register_fake
+@_layer_norm_backward_op.register_fake
 def _(dy, x, weight, mean, rstd, has_bias):
     C = x.shape[-1]
     param_dtype = weight.dtype if weight is not None else x.dtype
@@ -320,7 +320,7 @@ def _setup_layer_norm(ctx, inputs, output):
 
 def _backward_layer_norm(ctx, dy, dmean, drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias = _layer_norm_bwd_op(dy, x, weight, mean, rstd, ctx.has_bias)
+    dx, dweight, dbias = _layer_norm_backward_op(dy, x, weight, mean, rstd, ctx.has_bias)
     return (
         dx if ctx.needs_input_grad[0] else None,
         dweight if ctx.has_weight else None,
@@ -329,7 +329,7 @@ def _backward_layer_norm(ctx, dy, dmean, drstd):
     )
 
 
-_layer_norm_op.register_autograd(_backward_layer_norm, setup_context=_setup_layer_norm)
+_layer_norm_forward_op.register_autograd(_backward_layer_norm, setup_context=_setup_layer_norm)
 
 
 def _setup_add_layer_norm(ctx, inputs, output):
@@ -343,7 +343,7 @@ def _setup_add_layer_norm(ctx, inputs, output):
 
 def _backward_add_layer_norm(ctx, ds, dy, dmean, drstd):
     s, weight, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias = _layer_norm_bwd_op(dy, s, weight, mean, rstd, ctx.has_bias)
+    dx, dweight, dbias = _layer_norm_backward_op(dy, s, weight, mean, rstd, ctx.has_bias)
     if ds is not None:
         dx = dx + ds  # s feeds both the LayerNorm and the next residual branch
     return (
@@ -355,14 +355,14 @@ def _backward_add_layer_norm(ctx, ds, dy, dmean, drstd):
     )
 
 
-_add_layer_norm_op.register_autograd(_backward_add_layer_norm, setup_context=_setup_add_layer_norm)
+_add_layer_norm_forward_op.register_autograd(_backward_add_layer_norm, setup_context=_setup_add_layer_norm)
 
 
 # Under CUDA autocast F.layer_norm is on the float32 list: it computes and returns float32 for
 # float16/bfloat16 input. The custom ops do the same (see toykernels._autocast). On a CPU
 # autocast leaves F.layer_norm alone, and the ops need no kernel there.
 def _layer_norm_autocast(x, weight, bias, eps):
-    return _layer_norm_op(*_autocast.to_float32(x, weight, bias), eps)
+    return _layer_norm_forward_op(*_autocast.to_float32(x, weight, bias), eps)
 
 
 def _add_layer_norm_autocast(x, residual, weight, bias, eps):
@@ -378,13 +378,13 @@ def _add_layer_norm_autocast(x, residual, weight, bias, eps):
     s_dtype = torch.promote_types(x.dtype, residual.dtype)
     if s_dtype in _autocast.REDUCED:
         s = x + residual
-        y, mean, rstd = _layer_norm_op(s.float(), weight, bias, eps)
+        y, mean, rstd = _layer_norm_forward_op(s.float(), weight, bias, eps)
         return s, y, mean, rstd
-    return _add_layer_norm_op(x.to(s_dtype), residual.to(s_dtype), weight, bias, eps)
+    return _add_layer_norm_forward_op(x.to(s_dtype), residual.to(s_dtype), weight, bias, eps)
 
 
-_autocast.register("layer_norm_fwd", "cuda", _layer_norm_autocast)
-_autocast.register("add_layer_norm_fwd", "cuda", _add_layer_norm_autocast)
+_autocast.register("layer_norm_forward", "cuda", _layer_norm_autocast)
+_autocast.register("add_layer_norm_forward", "cuda", _add_layer_norm_autocast)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     if backend.native_path("layer_norm", x):
         weight, bias = _native_params(x, weight, bias)
         return F.layer_norm(x, (x.shape[-1],), weight, bias, float(eps))
-    return _layer_norm_op(x, weight, bias, float(eps))[0]
+    return _layer_norm_forward_op(x, weight, bias, float(eps))[0]
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5):
@@ -435,7 +435,7 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Ten
         s = x + residual
         weight, bias = _native_params(x, weight, bias)
         return s, F.layer_norm(s, (x.shape[-1],), weight, bias, float(eps))
-    s, y, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
+    s, y, _, _ = _add_layer_norm_forward_op(x, residual, weight, bias, float(eps))
     return s, y
 
 

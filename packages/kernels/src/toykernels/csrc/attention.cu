@@ -1,6 +1,6 @@
 // Fused causal attention, FlashAttention-2 style (Dao, 2023). No torch headers: see attention.h.
 //
-// Forward, fp16/bf16 (flash_forward_tc): one block of 4 warps per (batch*head, tile of 64
+// Forward, fp16/bf16 (attention_fwd_tc): one block of 4 warps per (batch*head, tile of 64
 // queries); each warp owns 16 query rows and keeps them, their running max m, running sum l
 // and output accumulator in registers. Tiles of 64 keys/values are staged through shared
 // memory with cp.async, double buffered (tile n+1 loads while tile n computes). Both matmuls
@@ -10,7 +10,7 @@
 // into log2(e) so that exp2 is used. Key tiles entirely above the (bottom-right aligned)
 // diagonal are never loaded; only tiles that cross it are masked.
 //
-// Forward, fp32 (flash_forward_fp32): one warp per query row on CUDA cores, same online softmax.
+// Forward, fp32 (attention_fwd_fp32): one warp per query row on CUDA cores, same online softmax.
 //
 // Backward: delta = rowsum(dO * O) first; then one block per key tile accumulates dK and dV over
 // the query tiles that see it, and a second kernel, one block per query tile, accumulates dQ
@@ -158,7 +158,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* g, int64_t ld,
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kFwdThreads)
-    flash_forward_tc(const T* __restrict__ q, const AttnStrides qs, const T* __restrict__ k,
+    attention_fwd_tc(const T* __restrict__ q, const AttnStrides qs, const T* __restrict__ k,
                      const AttnStrides ks, const T* __restrict__ v, const AttnStrides vs,
                      T* __restrict__ out, const AttnStrides os, float* __restrict__ lse, int H, int Tq,
                      int Tk, float scale_log2) {
@@ -339,7 +339,7 @@ constexpr int kF32Warps = 8;
 
 template <int D>
 __global__ void __launch_bounds__(kF32Warps * 32)
-    flash_forward_fp32(const float* __restrict__ q, const AttnStrides qs, const float* __restrict__ k,
+    attention_fwd_fp32(const float* __restrict__ q, const AttnStrides qs, const float* __restrict__ k,
                        const AttnStrides ks, const float* __restrict__ v, const AttnStrides vs,
                        float* __restrict__ out, const AttnStrides os, float* __restrict__ lse, int H,
                        int Tq, int Tk, float scale_log2) {
@@ -808,16 +808,16 @@ cudaError_t launch_forward(const void* q, AttnStrides qs, const void* k, AttnStr
   const float scale_log2 = scale * kLog2e;
   if constexpr (sizeof(T) == 4) {
     dim3 grid((Tq + kF32Warps - 1) / kF32Warps, static_cast<unsigned>(BH));
-    flash_forward_fp32<D><<<grid, kF32Warps * 32, 0, stream>>>(
+    attention_fwd_fp32<D><<<grid, kF32Warps * 32, 0, stream>>>(
         static_cast<const float*>(q), qs, static_cast<const float*>(k), ks, static_cast<const float*>(v), vs,
         static_cast<float*>(out), os, lse, H, Tq, Tk, scale_log2);
   } else {
     constexpr size_t smem = fwd_tc_smem_bytes<D>();
-    cudaError_t err = cudaFuncSetAttribute(flash_forward_tc<T, D>,
+    cudaError_t err = cudaFuncSetAttribute(attention_fwd_tc<T, D>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     dim3 grid((Tq + kFwdBM - 1) / kFwdBM, static_cast<unsigned>(BH));
-    flash_forward_tc<T, D><<<grid, kFwdThreads, smem, stream>>>(
+    attention_fwd_tc<T, D><<<grid, kFwdThreads, smem, stream>>>(
         static_cast<const T*>(q), qs, static_cast<const T*>(k), ks, static_cast<const T*>(v), vs,
         static_cast<T*>(out), os, lse, H, Tq, Tk, scale_log2);
   }
