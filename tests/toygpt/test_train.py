@@ -392,3 +392,14 @@ def test_bf16_and_fp16_autocast_train_on_a_cpu_and_track_fp32(data_dir, tmp_path
     bf16_state = torch.load(checkpoint.resolve(tmp_path / "bfloat16" / "ckpt") / checkpoint.STATE_FILE,
                             weights_only=False)
     assert bf16_state["scaler"] == {}  # no scaler for bf16: its range is float32's
+
+
+def test_gpt2_fineweb_preset_is_build_nanogpts_recipe():
+    # karpathy/build-nanogpt's train_gpt2.py: total_batch_size 2**19 tokens, max_steps 19073,
+    # warmup_steps 715, max_lr 6e-4, min_lr = max_lr * 0.1, weight decay 0.1, betas (0.9, 0.95)
+    cfg = make_config("gpt2-fineweb")
+    assert cfg.batch_size * cfg.block_size * cfg.grad_accum == 2**19
+    assert (cfg.max_iters, cfg.lr_decay_iters, cfg.warmup_iters) == (19073, 19073, 715)
+    assert (cfg.learning_rate, cfg.min_lr, cfg.weight_decay, cfg.beta1, cfg.beta2, cfg.grad_clip) == (
+        6e-4, pytest.approx(6e-4 * 0.1), 0.1, 0.9, 0.95, 1.0)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout) == (12, 12, 768, 0.0)

@@ -45,6 +45,16 @@ PRESETS: dict[str, Preset] = {
         dict(block_size=1024, dropout=0.0, bias=True, batch_size=12, grad_accum=40, max_iters=600000,
              lr_decay_iters=600000, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000, beta2=0.95,
              weight_decay=0.1, eval_interval=1000, eval_iters=200)),
+    # GPT-2 124M on FineWeb-Edu's 10B-token sample, karpathy/build-nanogpt's recipe: 2**19 =
+    # 524,288 tokens a step (64 x 1024 x 8 on one process; with N processes divide --grad-accum
+    # by N), 19,073 steps (one pass over the 10B tokens), 715 warmup steps, a cosine from 6e-4 to
+    # 6e-5, AdamW betas 0.9 / 0.95 with weight decay 0.1, gradient clipping at 1.0, val loss
+    # every 250 steps over 20 batches
+    "gpt2-fineweb": Preset(
+        dict(n_layer=12, n_head=12, n_embd=768),
+        dict(block_size=1024, dropout=0.0, bias=True, batch_size=64, grad_accum=8, max_iters=19073,
+             lr_decay_iters=19073, learning_rate=6e-4, min_lr=6e-5, warmup_iters=715, beta2=0.95,
+             weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)),
     "gpt2-medium": Preset(dict(n_layer=24, n_head=16, n_embd=1024), None),  # 350M
     "gpt2-large": Preset(dict(n_layer=36, n_head=20, n_embd=1280), None),  # 774M
     "gpt2-xl": Preset(dict(n_layer=48, n_head=25, n_embd=1600), None),  # 1558M
