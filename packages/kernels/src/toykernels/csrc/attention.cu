@@ -23,6 +23,7 @@
 // row_offset(strides, bh, H, t). All global offsets are int64.
 
 #include "attention.h"
+#include "common.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -39,18 +40,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // ---------------------------------------------------------------------------------------------
-// conversions
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+// conversions (to_float, from_float<T>: common.cuh)
 
 // Two floats as one 32-bit register of two 16-bit values, lo in the low half.
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
@@ -885,21 +875,21 @@ bool attention_head_dim_supported(int D) { return D == 32 || D == 64 || D == 128
 // The kernels exist for these (dtype, head dim) pairs; anything else is refused.
 #define TOYKERNELS_DISPATCH(dtype, D, LAUNCH)                                        \
   switch (dtype) {                                                                  \
-    case AttnDType::Float32: {                                                      \
+    case DType::Float32: {                                                      \
       using T = float;                                                              \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
       if (D == 128) return LAUNCH(128);                                             \
       break;                                                                        \
     }                                                                               \
-    case AttnDType::Float16: {                                                      \
+    case DType::Float16: {                                                      \
       using T = __half;                                                             \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
       if (D == 128) return LAUNCH(128);                                             \
       break;                                                                        \
     }                                                                               \
-    case AttnDType::BFloat16: {                                                     \
+    case DType::BFloat16: {                                                     \
       using T = __nv_bfloat16;                                                      \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
@@ -909,7 +899,7 @@ bool attention_head_dim_supported(int D) { return D == 32 || D == 64 || D == 128
   }                                                                                 \
   return cudaErrorInvalidValue;
 
-cudaError_t attention_forward(AttnDType dtype, const void* q, AttnStrides q_strides, const void* k,
+cudaError_t attention_forward(DType dtype, const void* q, AttnStrides q_strides, const void* k,
                               AttnStrides k_strides, const void* v, AttnStrides v_strides, void* out,
                               AttnStrides out_strides, float* lse, int64_t B, int64_t H, int Tq, int Tk,
                               int D, float scale, cudaStream_t stream) {
@@ -922,7 +912,7 @@ cudaError_t attention_forward(AttnDType dtype, const void* q, AttnStrides q_stri
 #undef LAUNCH
 }
 
-cudaError_t attention_backward(AttnDType dtype, const void* dout, AttnStrides dout_strides, const void* q,
+cudaError_t attention_backward(DType dtype, const void* dout, AttnStrides dout_strides, const void* q,
                                AttnStrides q_strides, const void* k, AttnStrides k_strides, const void* v,
                                AttnStrides v_strides, const void* out, AttnStrides out_strides,
                                const float* lse, float* delta, void* dq, AttnStrides dq_strides, void* dk,

@@ -16,9 +16,12 @@
 
 #include <cuda_runtime.h>
 
+#include "dtype.h"
+
 namespace toykernels {
 
-enum class AttnDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+// NOTE: the one DType (dtype.h) under the name the CUDA emulator's harness (tools/cuda_emu) uses.
+using AttnDType = DType;
 
 // Element strides of a (B, H, T, D) tensor along B, H and T; D has stride 1. Element
 // (b, h, t, d) is at data[b * batch + h * head + t * time + d].
@@ -30,14 +33,14 @@ struct AttnStrides {
 bool attention_head_dim_supported(int D);
 
 // out = softmax(mask(q k^T * scale)) v, and lse = the per-row logsumexp of the scaled scores.
-cudaError_t attention_forward(AttnDType dtype, const void* q, AttnStrides q_strides, const void* k,
+cudaError_t attention_forward(DType dtype, const void* q, AttnStrides q_strides, const void* k,
                               AttnStrides k_strides, const void* v, AttnStrides v_strides, void* out,
                               AttnStrides out_strides, float* lse, int64_t B, int64_t H, int Tq, int Tk,
                               int D, float scale, cudaStream_t stream);
 
 // dq, dk, dv from dout, recomputing the probabilities from q, k and lse. delta is fp32 scratch
 // of B * H * Tq floats (it receives rowsum(dout * out)).
-cudaError_t attention_backward(AttnDType dtype, const void* dout, AttnStrides dout_strides, const void* q,
+cudaError_t attention_backward(DType dtype, const void* dout, AttnStrides dout_strides, const void* q,
                                AttnStrides q_strides, const void* k, AttnStrides k_strides, const void* v,
                                AttnStrides v_strides, const void* out, AttnStrides out_strides,
                                const float* lse, float* delta, void* dq, AttnStrides dq_strides, void* dk,

@@ -18,13 +18,13 @@
 
 namespace {
 
-using toykernels::AttnDType;
+using toykernels::DType;
 
 constexpr const char* kOp = "attention";
 
 #define CHECK_ARG(cond, name, ...) TOYKERNELS_CHECK_ARG(kOp, cond, name, __VA_ARGS__)
 
-AttnDType dtype_of(const at::Tensor& t) { return toykernels::kernel_dtype_of<AttnDType>(t, kOp, "q"); }
+DType dtype_of(const at::Tensor& t) { return toykernels::kernel_dtype_of<DType>(t, kOp, "q"); }
 
 // True when the kernels can address t (B, H, T, D) in place: unit stride along D, and every row
 // start 16-byte aligned (the kernels move rows in 16-byte chunks): the data pointer and the

@@ -20,6 +20,7 @@
 
 #include <climits>
 
+#include "common.cuh"
 #include "layernorm.h"
 
 namespace toykernels {
@@ -27,19 +28,7 @@ namespace {
 
 constexpr int kBlockThreads = 256;  // threads per block in the row kernels
 
-// ---- element conversions (all arithmetic is fp32) ----
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+// element conversions (all arithmetic is fp32): to_float, from_float<T> in common.cuh
 
 // VEC consecutive elements moved with one load/store (16 bytes for the input dtype).
 template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Pack {

@@ -10,9 +10,9 @@
 
 #include <cuda_runtime.h>
 
-namespace toykernels {
+#include "dtype.h"
 
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+namespace toykernels {
 
 constexpr int kLayerNormMaxWidth = 65536;
 
