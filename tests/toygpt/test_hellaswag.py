@@ -142,3 +142,34 @@ def test_eval_loss_agrees_with_transformers(tmp_path, gpt2_files, gpt2_shaped, c
     assert cli.main(["eval", "loss", "--model", str(model_dir), "--data", str(tmp_path / "data"),
                      "--split", "train", "--batch-size", "2", "--batches", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["windows"] == 2
+
+
+def test_hellaswag_during_training_is_logged_and_is_the_models_score(tmp_path, hellaswag_file, gpt2_files,
+                                                                     shakespeare_path):
+    # --hellaswag-every: scores at steps 2 and 4 (the last) beside the losses; the last one equals
+    # what `toygpt eval hellaswag` gives the checkpoint saved at that step
+    from toygpt.config import make_config
+    from toygpt.evaluate import hellaswag, load_model, read_hellaswag
+    from toygpt.prepare import prepare
+    from toygpt.train import train
+
+    (tmp_path / "text.txt").write_text(shakespeare_path.read_text()[:20_000])
+    prepare(tmp_path / "text.txt", "gpt2", tmp_path / "data")
+    cfg = make_config("mygpt-char", n_layer=1, n_head=2, n_embd=16, block_size=64, batch_size=2,
+                      max_iters=4, eval_interval=4, eval_iters=1, sample_tokens=0, dropout=0.0,
+                      data=str(tmp_path / "data"), out=str(tmp_path / "run"), progress=False, device="cpu",
+                      hellaswag_every=2, hellaswag_data=str(hellaswag_file), hellaswag_limit=5)
+    train(cfg, log=lambda *a: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scores = [r for r in records if "hellaswag_acc" in r]
+    assert [r["step"] for r in scores] == [2, 4] and all(r["hellaswag_examples"] == 5 for r in scores)
+    model, tokenizer = load_model(str(tmp_path / "run"), "cpu")
+    want = hellaswag(model, tokenizer, read_hellaswag(hellaswag_file, 5))
+    assert (scores[-1]["hellaswag_acc"], scores[-1]["hellaswag_acc_norm"]) == (want["acc"], want["acc_norm"])
+    # a character-level run cannot be scored: one clear error before any step
+    prepare(tmp_path / "text.txt", "char", tmp_path / "chars")
+    bad = make_config("mygpt-char", n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2, max_iters=2,
+                      data=str(tmp_path / "chars"), out=str(tmp_path / "run2"), progress=False, device="cpu",
+                      hellaswag_every=1, hellaswag_data=str(hellaswag_file))
+    with pytest.raises(Exception, match="--tokenizer gpt2"):
+        train(bad, log=lambda *a: None)

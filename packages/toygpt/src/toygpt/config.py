@@ -56,6 +56,11 @@ class TrainConfig:
     eval_interval: int = flag(500, "evaluate, sample and save every N steps", at_least(1))
     eval_iters: int = flag(50, "batches per split in an evaluation", at_least(1))
     sample_tokens: int = flag(200, "tokens in the text sample at each evaluation (0: none)", at_least(0))
+    hellaswag_every: int = flag(0, "score HellaSwag every N steps and at the last (0: never; needs GPT-2 "
+                                   "BPE data)", at_least(0))
+    hellaswag_data: str = flag("", "a local hellaswag_val.jsonl for --hellaswag-every (empty: download it)",
+                               metavar="FILE")
+    hellaswag_limit: int = flag(0, "score the first N HellaSwag examples (0: all 10,042)", at_least(0))
     progress: bool = flag(True, "show a tqdm progress bar")
     # system
     seed: int = flag(1337, "seed of the weights, dropout and the batches", SEED_RANGE)
@@ -122,7 +127,8 @@ _PROCESS_FIELDS = {"resume", "overwrite", "progress", "out", "device", "compile"
 # the model's own settings: the checkpoint's weights fix them
 _MODEL_FIELDS = {"preset", "n_layer", "n_head", "n_embd", "block_size", "bias"}
 # settings a continued run is expected to change: applied without a note
-_CONTINUATION_FIELDS = {"max_iters", "eval_interval", "sample_tokens", "data"}
+_CONTINUATION_FIELDS = {"max_iters", "eval_interval", "sample_tokens", "data", "hellaswag_every",
+                        "hellaswag_data", "hellaswag_limit"}
 
 
 def resumed_config(cfg: TrainConfig, saved: dict, given: set[str] | None = None,

@@ -104,7 +104,15 @@ def plot_losses(records: list[dict], path: Path) -> None:
         ax.plot([r["step"] for r in evals], [y(r["val_loss"]) for r in evals], "o-", label="val (eval)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    scores = [r for r in records if "hellaswag_acc_norm" in r]
+    if scores:  # accuracy on its own axis, on the right
+        ax2 = ax.twinx()
+        (line,) = ax2.plot([r["step"] for r in scores], [r["hellaswag_acc_norm"] for r in scores], "s--",
+                           color="tab:red", label="HellaSwag acc_norm (right)")
+        ax2.set_ylabel("HellaSwag acc_norm (0.25: chance)")
+        handles, labels = handles + [line], labels + [line.get_label()]
+    ax.legend(handles, labels)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

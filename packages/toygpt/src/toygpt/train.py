@@ -41,6 +41,7 @@ from toygpt.config import (  # noqa: F401 (TrainConfig's home is toygpt.config; 
 from toygpt.data import data_identity
 from toygpt.errors import ToyGPTError
 from toygpt.flags import add_flags
+from toygpt.generation import GPT2_VOCAB_SIZES
 from toygpt.metrics import MetricsLog, flops_per_token, peak_flops, plot_losses
 from toygpt.runtime import (
     autocast_context,
@@ -147,6 +148,7 @@ class Trainer:
             device_ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
             self.model = DDP(self.model, device_ids=device_ids)
         self.metrics = self._open_metrics() if self.master else None
+        self.hellaswag_examples = self._hellaswag_examples() if cfg.hellaswag_every else None
         self.good_step = self.start_step if state is not None else None  # of the checkpoint on disk
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -245,6 +247,9 @@ class Trainer:
                 self.save(done)
                 self.report(done, losses_now, bar)
                 t_last = time.perf_counter()  # evaluation time is not step time
+            if cfg.hellaswag_every and (done % cfg.hellaswag_every == 0 or done == cfg.max_iters):
+                self.score_hellaswag(done, bar)
+                t_last = time.perf_counter()
         bar.close()
         evals = self.metrics.evals() if self.master else []
         return {"model": self.raw_model, "losses": losses, "evals": evals, "run_dir": self.run_dir}
@@ -297,6 +302,45 @@ class Trainer:
             out[f"{split}_loss"] = mean.item()
         model.train()
         return out
+
+    def _hellaswag_examples(self) -> list[dict]:
+        """This rank's share of HellaSwag's examples (every world_size-th one), read once."""
+        from toygpt.data import HELLASWAG_VAL, fetch_file
+        from toygpt.evaluate import read_hellaswag
+
+        tok = self.batches.tokenizer
+        if tok is None or self.batches.vocab_size not in GPT2_VOCAB_SIZES:
+            raise ToyGPTError("--hellaswag-every scores English endings with GPT-2's tokenizer: the data must be "
+                              f"prepared with --tokenizer gpt2 (its vocabulary has {self.batches.vocab_size} ids)")
+        cfg = self.cfg
+        path = (Path(cfg.hellaswag_data) if cfg.hellaswag_data
+                else fetch_file("hellaswag", HELLASWAG_VAL, instead="--hellaswag-data FILE"))
+        examples = read_hellaswag(path, cfg.hellaswag_limit or None)
+        return examples[self.rank::self.world_size]
+
+    @torch.no_grad()
+    def score_hellaswag(self, step: int, bar) -> None:
+        """acc and acc_norm over every rank's examples (as `toygpt eval hellaswag` scores them),
+        logged beside the losses and drawn in the loss curve."""
+        from toygpt.evaluate import hellaswag
+
+        model = self.raw_model
+        model.eval()
+        with self.autocast:
+            result = hellaswag(model, self.batches.tokenizer, self.hellaswag_examples, self.device)
+        model.train()
+        counts = torch.tensor([result["correct"], result["correct_norm"], result["examples"]],
+                              dtype=torch.long, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(counts)
+        correct, correct_norm, n = counts.tolist()
+        if self.master:
+            record = {"step": step, "hellaswag_acc": correct / n, "hellaswag_acc_norm": correct_norm / n,
+                      "hellaswag_examples": n}
+            self.metrics.append(record)
+            (bar.write if self.cfg.progress else self.log)(
+                f"step {step}: hellaswag acc {correct / n:.4f}, acc_norm {correct_norm / n:.4f} ({n} examples)")
+            plot_losses(self.metrics.records, self.run_dir / "loss.png")
 
     def check_finite(self, losses: dict, step: int) -> None:
         """An update can leave the weights non-finite while the loss before it was finite: such
