@@ -1,7 +1,25 @@
-"""Shared toygpt test helpers: small random transformers GPT-2 checkpoints, tiny toygpt models."""
+"""Shared toygpt test helpers: a small prepared character dataset, small random transformers
+GPT-2 checkpoints, tiny toygpt models."""
 
 import pytest
 import torch
+
+
+@pytest.fixture
+def train_text() -> str:
+    """A text of repeated lines with numbers: a character vocabulary small enough to learn fast."""
+    return "".join(f"{i} To be, or not to be, that is the question: {i * 31 % 17}\n" for i in range(120))
+
+
+@pytest.fixture
+def data_dir(tmp_path, train_text):
+    """`train_text` prepared with the character tokenizer (train.bin, val.bin, meta.json)."""
+    from toygpt.prepare import prepare
+
+    src = tmp_path / "text.txt"
+    src.write_text(train_text)
+    prepare(src, "char", tmp_path / "data")
+    return tmp_path / "data"
 
 
 @pytest.fixture

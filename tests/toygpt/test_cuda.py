@@ -6,7 +6,6 @@ import pytest
 import torch
 import toykernels
 from toygpt import GPT, GPTConfig
-from toygpt.prepare import prepare
 from toygpt.train import make_config, train
 
 pytestmark = [
@@ -14,14 +13,8 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU and a CUDA build of torch"),
 ]
 
-TEXT = "".join(f"{i} To be, or not to be, that is the question: {i * 31 % 17}\n" for i in range(120))
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    (tmp_path / "text.txt").write_text(TEXT)
-    prepare(tmp_path / "text.txt", "char", tmp_path / "data")
-    return tmp_path / "data"
 
 
 @pytest.fixture(autouse=True)

@@ -13,16 +13,6 @@ from toygpt.errors import ToyGPTError
 from toygpt.prepare import prepare
 from toygpt.train import TrainConfig, get_lr, make_config, train
 
-TEXT = "".join(f"{i} To be, or not to be, that is the question: {i * 31 % 17}\n" for i in range(120))
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    src = tmp_path / "text.txt"
-    src.write_text(TEXT)
-    prepare(src, "char", tmp_path / "data")
-    return tmp_path / "data"
-
 
 def tiny(data_dir, out, **kw):
     """A 1-layer, 16-channel GPT: seconds per run on a CPU."""
@@ -175,7 +165,7 @@ def _argv(cfg):
             "--device", "cpu"]
 
 
-def test_cli_bad_input_errors(data_dir, tmp_path, capsys):
+def test_cli_bad_input_errors(train_text, data_dir, tmp_path, capsys):
     cfg = tiny(data_dir, tmp_path / "run")
 
     def error_of(argv):
@@ -197,7 +187,7 @@ def test_cli_bad_input_errors(data_dir, tmp_path, capsys):
     assert cli.main(_argv(cfg) + ["--max-iters", "1", "--eval-interval", "1"]) == 0
     capsys.readouterr()
     other = tmp_path / "other.txt"
-    other.write_text(TEXT.upper())
+    other.write_text(train_text.upper())
     prepare(other, "char", tmp_path / "data2")
     before = (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes()
     err = error_of(_argv(TrainConfig(**{**cfg.__dict__, "data": str(tmp_path / "data2")})) + ["--resume"])
@@ -280,10 +270,10 @@ def _error_of(argv, capsys):
     return err
 
 
-def test_a_tokenizer_swapped_beside_the_data_is_an_error(data_dir, tmp_path, capsys):
+def test_a_tokenizer_swapped_beside_the_data_is_an_error(train_text, data_dir, tmp_path, capsys):
     # the same number of characters, but not the same characters: only the sha256 can tell
     other = tmp_path / "other.txt"
-    other.write_text(TEXT.replace("q", "Q"))
+    other.write_text(train_text.replace("q", "Q"))
     prepare(other, "char", tmp_path / "data2")
     (data_dir / "tokenizer.json").write_bytes((tmp_path / "data2" / "tokenizer.json").read_bytes())
     cfg = tiny(data_dir, tmp_path / "run")
@@ -341,7 +331,7 @@ def test_resume_from_the_cli_takes_the_checkpoints_data_and_notes_changed_settin
     assert checkpoint.load_state(tmp_path / "run" / "ckpt")["config"]["data"] == str(data_dir)
 
 
-def test_generate_cli_samples_from_a_bigram_checkpoint(data_dir, tmp_path, capsys):
+def test_generate_cli_samples_from_a_bigram_checkpoint(train_text, data_dir, tmp_path, capsys):
     """`toygpt generate --model <bigram run>/ckpt`: the bigram model shares the GPT's generation."""
     from toygpt.cli import main
 
@@ -351,7 +341,7 @@ def test_generate_cli_samples_from_a_bigram_checkpoint(data_dir, tmp_path, capsy
     assert main(["generate", "--model", str(tmp_path / "run" / "ckpt"), "--prompt", "To be",
                  "--max-new-tokens", "20", "--seed", "3"]) in (0, None)
     sampled = capsys.readouterr().out
-    assert 0 < len(sampled.rstrip("\n")) <= 20 and set(sampled) <= set(TEXT)
+    assert 0 < len(sampled.rstrip("\n")) <= 20 and set(sampled) <= set(train_text)
     assert main(["generate", "--model", str(tmp_path / "run" / "ckpt"), "--prompt", "To be",
                  "--max-new-tokens", "20", "--greedy"]) in (0, None)
     greedy = capsys.readouterr().out

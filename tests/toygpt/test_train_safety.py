@@ -11,16 +11,6 @@ from toygpt.errors import ToyGPTError
 from toygpt.prepare import prepare
 from toygpt.train import TrainConfig, get_lr, make_config, train
 
-TEXT = "".join(f"{i} To be, or not to be, that is the question: {i * 31 % 17}\n" for i in range(120))
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    src = tmp_path / "text.txt"
-    src.write_text(TEXT)
-    prepare(src, "char", tmp_path / "data")
-    return tmp_path / "data"
-
 
 def tiny(data_dir, out, **kw):
     """A 1-layer, 16-channel GPT: seconds per run on a CPU."""
@@ -161,13 +151,13 @@ def test_a_run_directory_with_a_checkpoint_is_refused_without_overwrite(data_dir
 # prepared data: not replaced silently, and a checkpoint knows what it was trained on
 
 
-def test_prepare_refuses_to_replace_data_without_overwrite(tmp_path, capsys):
+def test_prepare_refuses_to_replace_data_without_overwrite(train_text, tmp_path, capsys):
     src = tmp_path / "text.txt"
-    src.write_text(TEXT)
+    src.write_text(train_text)
     prepare(src, "char", tmp_path / "data")
     before = {f.name: f.read_bytes() for f in (tmp_path / "data").iterdir()}
     other = tmp_path / "other.txt"
-    other.write_text(TEXT[::-1])
+    other.write_text(train_text[::-1])
     with pytest.raises(ToyGPTError, match=r"already holds prepared data \(meta.json"):
         prepare(other, "char", tmp_path / "data")
     code = cli.main(["prepare", "--input", str(other), "--out", str(tmp_path / "data")])
@@ -178,12 +168,12 @@ def test_prepare_refuses_to_replace_data_without_overwrite(tmp_path, capsys):
     assert json.loads((tmp_path / "data" / "meta.json").read_text())["source"] == str(other)
 
 
-def test_resume_on_other_data_with_the_same_tokenizer_is_refused(data_dir, tmp_path):
+def test_resume_on_other_data_with_the_same_tokenizer_is_refused(train_text, data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path / "run")
     train(cfg)
     # the same characters in another order: the tokenizer matches, the tokens do not
     other = tmp_path / "other.txt"
-    other.write_text("".join(reversed(TEXT.splitlines(keepends=True))))
+    other.write_text("".join(reversed(train_text.splitlines(keepends=True))))
     prepare(other, "char", data_dir, overwrite=True)
     with pytest.raises(ToyGPTError, match=r"is not the data checkpoint .* was trained on .*source_sha256"):
         train(again(cfg, resume=True, max_iters=6))
