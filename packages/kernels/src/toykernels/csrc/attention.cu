@@ -875,21 +875,21 @@ bool attention_head_dim_supported(int D) { return D == 32 || D == 64 || D == 128
 // The kernels exist for these (dtype, head dim) pairs; anything else is refused.
 #define TOYKERNELS_DISPATCH(dtype, D, LAUNCH)                                        \
   switch (dtype) {                                                                  \
-    case DType::Float32: {                                                      \
+    case DType::Float32: {                                                          \
       using T = float;                                                              \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
       if (D == 128) return LAUNCH(128);                                             \
       break;                                                                        \
     }                                                                               \
-    case DType::Float16: {                                                      \
+    case DType::Float16: {                                                          \
       using T = __half;                                                             \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
       if (D == 128) return LAUNCH(128);                                             \
       break;                                                                        \
     }                                                                               \
-    case DType::BFloat16: {                                                     \
+    case DType::BFloat16: {                                                         \
       using T = __nv_bfloat16;                                                      \
       if (D == 32) return LAUNCH(32);                                               \
       if (D == 64) return LAUNCH(64);                                               \
