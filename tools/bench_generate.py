@@ -10,6 +10,14 @@ Also printed: the memory floor, the bytes of weights a decoding step reads over 
 a plain sum over 512 MiB measured in the same run, and the largest ratio to transformers that
 floor allows.
 
+CTranslate2 rows (what a user would pick for fast CPU decoding): when `ctranslate2` is installed
+(`pip install ctranslate2`; a benchmark dependency, not a package one) and GPT-2's vocabulary
+files are in ../shared/data/gpt2, the same weights are saved as a transformers directory,
+converted by CTranslate2's own converter to float32 and int8, and decoded greedily with the same
+prompt and threads. The float32 tokens must equal transformers' before anything is timed; for
+int8 the share of identical tokens is printed. Without it the rows are skipped, with the reason.
+The CPU rows go to benchmarks/results/generate_cpu.csv with the CPU's model name.
+
 CUDA mode (`--device cuda`): bf16, batch 1 and 32, toygpt tokens/s (new tokens over all rows per
 second), appended to benchmarks/results/generate.csv with GPU, torch version, date and commit.
 
@@ -21,7 +29,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +44,45 @@ from toygpt.hf import hf_to_toygpt, load_checked
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_PATH = REPO / "benchmarks" / "results" / "generate.csv"
+CPU_CSV_PATH = REPO / "benchmarks" / "results" / "generate_cpu.csv"
+GPT2_VOCAB = REPO.parent / "shared" / "data" / "gpt2"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu prints it (figures differ between Intel and AMD)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ctranslate2_generators(hf, threads: int, folder: Path):
+    """{"float32": Generator, "int8": Generator} converted by CTranslate2 from `hf`'s weights, and
+    the id -> token table; or (None, why) when CTranslate2 or GPT-2's vocabulary is absent."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None, "CTranslate2 rows skipped: pip install ctranslate2 to add them"
+    encoder, merges = GPT2_VOCAB / "encoder.json", GPT2_VOCAB / "vocab.bpe"
+    if not (encoder.is_file() and merges.is_file()):
+        return None, f"CTranslate2 rows skipped: GPT-2's encoder.json / vocab.bpe not found in {GPT2_VOCAB}"
+    model_dir = folder / "transformers"
+    hf.save_pretrained(model_dir)
+    # the converter builds its vocabulary from the tokenizer files beside the weights
+    shutil.copy(encoder, model_dir / "vocab.json")
+    shutil.copy(merges, model_dir / "merges.txt")
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    generators = {}
+    for quantization in ("float32", "int8"):
+        out = folder / f"ct2-{quantization}"
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), quantization=quantization)
+        generators[quantization] = ctranslate2.Generator(str(out), device="cpu", compute_type=quantization,
+                                                         intra_threads=threads)
+    id_to_token = {i: t for t, i in json.loads(encoder.read_text()).items()}
+    return (generators, id_to_token), None
 
 
 def make_models(seed: int, with_hf: bool):
@@ -159,6 +210,30 @@ def bench_cpu(args):
         ("toygpt (KV cache)", n_long, n_long / t_cache),
         ("toygpt (no cache)", n_long, n_long / t_nocache),
     ]
+    with tempfile.TemporaryDirectory() as folder:
+        ct2, why = ctranslate2_generators(hf, args.threads, Path(folder))
+        if ct2 is None:
+            print(why, flush=True)
+        else:
+            generators, id_to_token = ct2
+            prompt = [[id_to_token[i] for i in idx[0].tolist()]]
+            want = theirs[0, args.prompt_len:].tolist()
+            for quantization, generator in generators.items():
+                def run_ct2(generator=generator):
+                    return generator.generate_batch(prompt, max_length=n, min_length=n, sampling_topk=1,
+                                                    include_prompt_in_result=False)[0].sequences_ids[0]
+                got = run_ct2()
+                same = sum(a == b for a, b in zip(got, want)) / n
+                if quantization == "float32" and got != want:
+                    raise SystemExit("CTranslate2 float32 and transformers disagree on the greedy tokens; not timing")
+                progress(f"CTranslate2 {quantization}: {100 * same:.0f}% of the greedy tokens are transformers'")
+                t_ct2, _ = timed(run_ct2, args.repeats)
+                progress(f"CTranslate2 {quantization} {n} new tokens: {n / t_ct2:.2f} tokens/s")
+                rows.append((f"CTranslate2 {quantization}", n, n / t_ct2))
+    meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "cpu": cpu_model(),
+            "threads": args.threads, "torch": torch.__version__}
+    append_csv(CPU_CSV_PATH, [{**meta, "provider": name, "new_tokens": new, "tokens_per_s": round(tps, 2)}
+                              for name, new, tps in rows])
     print(f"GPT-2 small, fp32, CPU, {args.threads} threads, prompt {args.prompt_len} tokens, greedy, "
           f"medians of {args.repeats} (no cache: {args.nocache_repeats})")
     print(f"{'provider':40s} {'new tokens':>10s} {'tokens/s':>10s}")
@@ -175,6 +250,9 @@ def bench_cpu(args):
           f"transformers here by more than {t_hf / n / floor_bw:.2f}x")
     print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
     print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
+    for name, _, tps in rows:
+        if name.startswith("CTranslate2"):
+            print(f"toygpt fp32 / {name} at {n} new tokens: {n / t_ours / tps:.2f}x (goal >= 1.0)")
 
 
 def bench_cuda(args):
