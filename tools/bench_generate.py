@@ -1,4 +1,5 @@
-"""Generation speed: toygpt (KV cache) vs transformers' GPT2LMHeadModel.generate, and cache vs none.
+"""Generation speed: toygpt (KV cache; float32 and int8) vs transformers' GPT2LMHeadModel.generate
+and CTranslate2, and cache vs none.
 
 CPU mode (the default): fp32, 2 threads, GPT-2 small shape with seeded random weights, a 16-token
 prompt, greedy decoding. Both models hold the same weights, and their tokens are checked to be
@@ -41,6 +42,7 @@ import torch
 from benchlib import append_csv, git_commit
 from toygpt import GPT, GPTConfig
 from toygpt.hf import hf_to_toygpt, load_checked
+from toygpt.quantize import quantize
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_PATH = REPO / "benchmarks" / "results" / "generate.csv"
@@ -204,11 +206,22 @@ def bench_cpu(args):
     if not torch.equal(a, b):
         raise SystemExit("toygpt with and without the KV cache disagree on the greedy tokens")
 
+    # int8 weights (toygpt.quantize): the share of its greedy tokens that are fp32's, then its speed
+    model_int8 = quantize(model, "int8")
+    ours_int8 = model_int8.generate(idx, n, greedy=True)[0, args.prompt_len:]
+    same_int8 = (ours_int8 == ours[0, args.prompt_len:]).float().mean().item()
+    first_32 = torch.equal(ours_int8[:32], ours[0, args.prompt_len:args.prompt_len + 32])
+    progress(f"toygpt int8: {100 * same_int8:.0f}% of the greedy tokens are fp32's (the first 32: "
+             f"{'identical' if first_32 else 'not identical'})")
+    t_int8, _ = timed(lambda: model_int8.generate(idx, n, greedy=True), args.repeats)
+    progress(f"toygpt int8 {n} new tokens: {n / t_int8:.2f} tokens/s")
+
     rows = [
         ("toygpt (KV cache)", n, n / t_ours),
         ("transformers generate(use_cache=True)", n, n / t_hf),
         ("toygpt (KV cache)", n_long, n_long / t_cache),
         ("toygpt (no cache)", n_long, n_long / t_nocache),
+        ("toygpt int8 (KV cache)", n, n / t_int8),
     ]
     with tempfile.TemporaryDirectory() as folder:
         ct2, why = ctranslate2_generators(hf, args.threads, Path(folder))
@@ -251,8 +264,10 @@ def bench_cpu(args):
     print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
     print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
     for name, _, tps in rows:
-        if name.startswith("CTranslate2"):
+        if name == "CTranslate2 float32":
             print(f"toygpt fp32 / {name} at {n} new tokens: {n / t_ours / tps:.2f}x (goal >= 1.0)")
+        if name == "CTranslate2 int8":
+            print(f"toygpt int8 / {name} at {n} new tokens: {n / t_int8 / tps:.2f}x (goal >= 1.0)")
 
 
 def bench_cuda(args):

@@ -54,6 +54,7 @@ class LossConfig:
     batch_size: int = flag(8, "windows per batch", at_least(1))
     out: str | None = flag(None, "also write the result as JSON to FILE", metavar="FILE")
     device: str = flag("cpu", "auto, cpu, cuda, cuda:1, mps")
+    quantize: str | None = flag(None, "score the model with int8 weights (toygpt.quantize; None: float)", one_of("int8"))
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -219,11 +220,16 @@ def run_loss(args: argparse.Namespace) -> None:
     meta = read_meta(args.data)
     tokens = load_tokens(args.data, args.split)
     model, tokenizer = load_model(args.model, device)
+    if args.quantize:
+        from toygpt.quantize import quantize
+
+        model = quantize(model, args.quantize)
     if meta.get("tokenizer") != tokenizer.name or meta.get("vocab_size", 0) > model.config.vocab_size:
         raise ToyGPTError(f"{args.data} was tokenized with {meta.get('tokenizer')} ({meta.get('vocab_size')} ids) "
                           f"but {args.model} reads {tokenizer.name} ({model.config.vocab_size} ids)")
     result = dataset_loss(model, tokens, model.config.block_size, args.batch_size, args.batches, device)
-    result = {"model": args.model, "data": str(args.data), "split": args.split, **result}
+    result = {"model": args.model, "data": str(args.data), "split": args.split,
+              "quantize": args.quantize or None, **result}
     print(f"{args.split} loss {result['loss']:.4f} of {args.model} over {result['tokens']:,} tokens "
           f"({result['windows']:,} windows of {result['block_size']})")
     if not math.isfinite(result["loss"]):

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from toygpt import attention_view
+from toygpt import attention_view, quantize
 from toygpt.errors import ToyGPTError
 from toygpt.generation import GPT2_VOCAB_SIZES
 
@@ -43,6 +43,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=parse_int, default=None, help="for reproducible sampling")
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--quantize", choices=quantize.CHOICES, default=None,
+                        help="decode with int8 weights on the CPU (toygpt.quantize; None: float)")
     attention_view.add_probs_arguments(parser)  # --show-probs [K], --out PNG
 
 
@@ -91,6 +93,8 @@ def run(args) -> None:
         # the API's advice (pass tokenizer=...) means nothing on a command line
         raise ToyGPTError(f"--model {args.model}: it has no tokenizer.json and its vocab_size {vocab_size} "
                           "is not GPT-2's; put the tokenizer.json of the data it was trained on beside it")
+    if args.quantize:
+        model = quantize.quantize(model, args.quantize)
     if args.show_probs is not None:
         return attention_view.show_probs(model, args)
     pieces = model.generate(

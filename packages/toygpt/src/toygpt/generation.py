@@ -157,7 +157,7 @@ def new_kv_cache(model, batch_size: int, length: int | None = None) -> list[tupl
     """One preallocated (k, v) pair per layer, each (B, nh, length, hs), in the model's dtype.
     length (default block_size) is the most positions it will hold."""
     cfg = model.config
-    p = model.lm_head.weight
+    p = next(model.parameters())  # the token embeddings: float even in an int8-quantized model
     length = cfg.block_size if length is None else min(length, cfg.block_size)
     shape = (batch_size, cfg.n_head, length, cfg.n_embd // cfg.n_head)
     return [(torch.empty(shape, dtype=p.dtype, device=p.device), torch.empty(shape, dtype=p.dtype, device=p.device))

@@ -238,6 +238,9 @@ def load_checked(model, state: dict, where: str) -> None:
 def save_pretrained(model, path) -> None:
     from safetensors.torch import save_file
 
+    if getattr(model, "quantized", None):  # toygpt.quantize: an inference copy of a float model
+        raise ToyGPTError(f"save_pretrained: the model is {model.quantized}-quantized for decoding; save the "
+                          "float model it was made from (and quantize again after loading)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")

@@ -23,6 +23,7 @@ order for one position, over parameters read once, without the module machinery.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -111,21 +112,27 @@ class Block(nn.Module):
 
 
 class BlockWeights(NamedTuple):
-    """One Block's parameters as plain tensors (biases None when the config has none)."""
+    """One Block's parameters as plain tensors, and its Linear layers as plain calls x -> y
+    (biases None when the config has none)."""
 
     ln_1_weight: torch.Tensor
     ln_1_bias: torch.Tensor | None
-    c_attn_weight: torch.Tensor
-    c_attn_bias: torch.Tensor | None
-    attn_proj_weight: torch.Tensor
-    attn_proj_bias: torch.Tensor | None
+    c_attn: Callable[[torch.Tensor], torch.Tensor]
+    attn_proj: Callable[[torch.Tensor], torch.Tensor]
     ln_2_weight: torch.Tensor
     ln_2_bias: torch.Tensor | None
-    c_fc_weight: torch.Tensor
-    c_fc_bias: torch.Tensor | None
-    mlp_proj_weight: torch.Tensor
-    mlp_proj_bias: torch.Tensor | None
+    c_fc: Callable[[torch.Tensor], torch.Tensor]
+    mlp_proj: Callable[[torch.Tensor], torch.Tensor]
     eps: float  # of ln_1 and ln_2 (GPT-2: 1e-5 for every LayerNorm)
+
+
+def linear_call(module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module(x)` without the nn.Module machinery: F.linear on an nn.Linear's own tensors (read
+    when called, so weights changed in place are seen); any other layer that maps x -> y (an int8
+    dynamically quantized Linear, see toygpt.quantize) is called as it is."""
+    if type(module) is nn.Linear:
+        return lambda x: F.linear(x, module.weight, module.bias)
+    return module
 
 
 class Decoder:
@@ -155,13 +162,11 @@ class Decoder:
         tr = model.transformer
         self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
         self.ln_f = (tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
-        self.lm_head = model.lm_head.weight  # tied: the same tensor as wte
+        self.lm_head = linear_call(model.lm_head)  # tied to wte (in float; an int8 copy once quantized)
         self.blocks = [
             BlockWeights(
-                b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias,
-                b.attn.c_proj.weight, b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias,
-                b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias,
-                b.ln_2.eps,
+                b.ln_1.weight, b.ln_1.bias, linear_call(b.attn.c_attn), linear_call(b.attn.c_proj),
+                b.ln_2.weight, b.ln_2.bias, linear_call(b.mlp.c_fc), linear_call(b.mlp.c_proj), b.ln_2.eps,
             )
             for b in tr.h
         ]
@@ -173,15 +178,15 @@ class Decoder:
         x = F.embedding(token, self.wte) + self.wpe[pos]  # (B, C)
         for w, (k_buf, v_buf) in zip(self.blocks, self.kv_cache):
             h = toykernels.layer_norm(x, w.ln_1_weight, w.ln_1_bias, w.eps)  # (B, C)
-            qkv = F.linear(h, w.c_attn_weight, w.c_attn_bias)  # (B, 3C): q, k, v side by side
+            qkv = w.c_attn(h)  # (B, 3C): q, k, v side by side
             # one query, the last position: it sees every cached key
             y = attend(qkv.view(B, 1, 3 * C), nh, (k_buf, v_buf), pos)  # (B, 1, C)
-            a = F.linear(y.view(B, C), w.attn_proj_weight, w.attn_proj_bias)  # (B, C): heads side by side
+            a = w.attn_proj(y.view(B, C))  # (B, C): heads side by side
             x, h = toykernels.add_layer_norm(x, a, w.ln_2_weight, w.ln_2_bias, w.eps)
-            m = gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias))  # (B, 4C)
-            x = x + F.linear(m, w.mlp_proj_weight, w.mlp_proj_bias)
+            m = gelu(w.c_fc(h))  # (B, 4C)
+            x = x + w.mlp_proj(m)
         weight, bias, eps = self.ln_f
-        return F.linear(toykernels.layer_norm(x, weight, bias, eps), self.lm_head)  # (B, vocab_size)
+        return self.lm_head(toykernels.layer_norm(x, weight, bias, eps))  # (B, vocab_size)
 
 
 class GPT(nn.Module):
