@@ -29,6 +29,7 @@ second), appended to benchmarks/results/generate.csv with GPU, torch version, da
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -216,12 +217,47 @@ def bench_cpu(args):
     t_int8, _ = timed(lambda: model_int8.generate(idx, n, greedy=True), args.repeats)
     progress(f"toygpt int8 {n} new tokens: {n / t_int8:.2f} tokens/s")
 
+    # bf16 weights: fast where the CPU has native bf16 (AVX-512 BF16, AMX); elsewhere torch
+    # converts in software and it is slower than fp32
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ours_bf16 = model_bf16.generate(idx, n, greedy=True)[0, args.prompt_len:]
+    same_bf16 = (ours_bf16 == ours[0, args.prompt_len:]).float().mean().item()
+    progress(f"toygpt bf16: {100 * same_bf16:.0f}% of the greedy tokens are fp32's")
+    t_bf16, _ = timed(lambda: model_bf16.generate(idx, n, greedy=True), args.repeats)
+    progress(f"toygpt bf16 {n} new tokens: {n / t_bf16:.2f} tokens/s")
+
+    # prefill: the time to the first token after a long prompt (matrix-matrix work, not GEMVs)
+    long_prompt = torch.randint(0, model.config.vocab_size, (1, args.prefill_len), generator=g)
+    t_pre, _ = timed(lambda: model.generate(long_prompt, 1, greedy=True), args.repeats)
+    t_pre_int8, _ = timed(lambda: model_int8.generate(long_prompt, 1, greedy=True), args.repeats)
+
+    def hf_prefill():
+        with torch.inference_mode():
+            return hf.generate(long_prompt, attention_mask=torch.ones_like(long_prompt), max_new_tokens=1,
+                               min_new_tokens=1, do_sample=False, pad_token_id=0)
+
+    t_pre_hf, _ = timed(hf_prefill, args.repeats)
+    progress(f"time to the first token after {args.prefill_len} prompt tokens: toygpt {1e3 * t_pre:.0f} ms, "
+             f"int8 {1e3 * t_pre_int8:.0f} ms, transformers {1e3 * t_pre_hf:.0f} ms")
+
+    # several prompts at once: (B, T) in, B rows of new tokens out
+    prompts = torch.randint(0, model.config.vocab_size, (args.batch_rows, args.prompt_len), generator=g)
+    t_rows, _ = timed(lambda: model.generate(prompts, n, greedy=True), args.repeats)
+    t_rows_int8, _ = timed(lambda: model_int8.generate(prompts, n, greedy=True), args.repeats)
+    B = args.batch_rows
+
     rows = [
         ("toygpt (KV cache)", n, n / t_ours),
         ("transformers generate(use_cache=True)", n, n / t_hf),
         ("toygpt (KV cache)", n_long, n_long / t_cache),
         ("toygpt (no cache)", n_long, n_long / t_nocache),
         ("toygpt int8 (KV cache)", n, n / t_int8),
+        ("toygpt bf16 (KV cache)", n, n / t_bf16),
+        (f"toygpt, {B} prompts (all rows' tokens)", n, B * n / t_rows),
+        (f"toygpt int8, {B} prompts (all rows' tokens)", n, B * n / t_rows_int8),
+        (f"toygpt prefill of {args.prefill_len} (prompt tokens)", 1, args.prefill_len / t_pre),
+        (f"toygpt int8 prefill of {args.prefill_len} (prompt tokens)", 1, args.prefill_len / t_pre_int8),
+        (f"transformers prefill of {args.prefill_len} (prompt tokens)", 1, args.prefill_len / t_pre_hf),
     ]
     with tempfile.TemporaryDirectory() as folder:
         ct2, why = ctranslate2_generators(hf, args.threads, Path(folder))
@@ -302,6 +338,8 @@ def main():
     p.add_argument("--nocache-repeats", type=int, default=1, help="the no-cache run is slow on CPU")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefill-len", type=int, default=512, help="CPU: the prompt of the time-to-first-token row")
+    p.add_argument("--batch-rows", type=int, default=8, help="CPU: prompts in the batched-generation row")
     args = p.parse_args()
     if args.device == "cuda":
         if not torch.cuda.is_available():
