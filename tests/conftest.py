@@ -75,3 +75,19 @@ class FakeCUDA:
 @pytest.fixture
 def fake_cuda() -> FakeCUDA:
     return FakeCUDA()
+
+
+@pytest.fixture
+def one_line_error(capsys):
+    """one_line_error(exit_code, *names) -> stderr: checks that a command line failed as every
+    toygpt and toygrad command must on bad input: exit code 2, exactly one line on stderr,
+    no traceback, naming each of `names`."""
+
+    def check(code, *names):
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        for name in names:
+            assert name in err, err
+        return err
+
+    return check

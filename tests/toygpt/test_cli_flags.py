@@ -15,14 +15,6 @@ from toygpt.tokenizers import CharTokenizer
 from toygpt.train import TrainConfig
 
 
-def _one_line_error(capsys, code, *names):
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in err, err
-    return err
-
-
 @pytest.mark.parametrize("argv, names", [
     (["--learning-rate", "-1"], ["argument --learning-rate: must be greater than 0, got -1.0"]),
     (["--learning-rate", "nan"], ["argument --learning-rate: expected a finite number, got 'nan'"]),
@@ -32,9 +24,9 @@ def _one_line_error(capsys, code, *names):
     (["--sample-tokens", "-1"], ["argument --sample-tokens: must be at least 0, got -1"]),
     (["--resume", "--overwrite"], ["--resume and --overwrite contradict each other"]),
 ])
-def test_train_flags_out_of_range_are_one_line_before_any_work(argv, names, tmp_path, capsys):
+def test_train_flags_out_of_range_are_one_line_before_any_work(one_line_error, argv, names, tmp_path, capsys):
     code = cli.main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")] + argv)
-    _one_line_error(capsys, code, "toygpt train: error: ", *names)
+    one_line_error(code, "toygpt train: error: ", *names)
     assert not (tmp_path / "run").exists()
 
 
@@ -55,11 +47,11 @@ def test_help_shows_each_range_next_to_its_flag(capsys):
     assert "AdamW beta1; must be in [0, 1) (default: 0.9)" in help_text
 
 
-def test_argparse_errors_are_one_line_pointing_at_help(capsys):
-    _one_line_error(capsys, cli.main(["train", "--n-layer", "two"]),
+def test_argparse_errors_are_one_line_pointing_at_help(one_line_error, capsys):
+    one_line_error(cli.main(["train", "--n-layer", "two"]),
                     "toygpt train: error: argument --n-layer: expected an integer, got 'two' (see toygpt train -h)")
-    _one_line_error(capsys, cli.main(["train", "--bogus"]), "unrecognized arguments: --bogus")
-    _one_line_error(capsys, cli.main([]), "toygpt: error: ", "command")
+    one_line_error(cli.main(["train", "--bogus"]), "unrecognized arguments: --bogus")
+    one_line_error(cli.main([]), "toygpt: error: ", "command")
 
 
 def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(capsys, monkeypatch):
@@ -94,8 +86,8 @@ def test_an_os_error_names_its_file(capsys):
     assert capsys.readouterr().err == "toygpt prepare: error: /proc/no/such/file: No such file or directory\n"
 
 
-def test_generate_bounds_max_new_tokens_and_documents_its_flags(capsys):
-    _one_line_error(capsys, cli.main(["generate", "--model", "gpt2", "--max-new-tokens", "1000000000000"]),
+def test_generate_bounds_max_new_tokens_and_documents_its_flags(one_line_error, capsys):
+    one_line_error(cli.main(["generate", "--model", "gpt2", "--max-new-tokens", "1000000000000"]),
                     "argument --max-new-tokens: must be in [0, 1000000], got 1000000000000")
     with pytest.raises(SystemExit):
         cli.main(["generate", "-h"])
@@ -113,10 +105,10 @@ def test_prepare_says_when_bpe_gives_fewer_ids_than_asked(tmp_path, capsys):
     assert "note: --tokenizer bpe:1000000 asked for 1,000,000 ids" in err and str(src) in err
 
 
-def test_prepare_checks_its_flags_before_reading_the_input(tmp_path, capsys):
+def test_prepare_checks_its_flags_before_reading_the_input(one_line_error, tmp_path, capsys):
     argv = ["prepare", "--input", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "d")]
-    _one_line_error(capsys, cli.main(argv + ["--tokenizer", "bpe:10"]), "argument --tokenizer: 'bpe:10'")
-    _one_line_error(capsys, cli.main(argv + ["--val-fraction", "1"]), "argument --val-fraction: must be in (0, 1)")
+    one_line_error(cli.main(argv + ["--tokenizer", "bpe:10"]), "argument --tokenizer: 'bpe:10'")
+    one_line_error(cli.main(argv + ["--val-fraction", "1"]), "argument --val-fraction: must be in (0, 1)")
 
 
 @pytest.mark.parametrize("argv, name", [
@@ -128,9 +120,9 @@ def test_prepare_checks_its_flags_before_reading_the_input(tmp_path, capsys):
     (["--out", "/proc/x", "--max-iters", "1", "--n-test", "8", "--batch-size", "8", "--no-progress"],
      "--out /proc/x"),
 ])
-def test_demo_flags_are_checked(argv, name, tmp_path, capsys, monkeypatch):
+def test_demo_flags_are_checked(one_line_error, argv, name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(capsys, demo.main(argv), "toygpt-demo: error: ", name)
+    one_line_error(demo.main(argv), "toygpt-demo: error: ", name)
     assert not (tmp_path / "runs").exists()
 
 

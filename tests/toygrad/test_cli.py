@@ -16,14 +16,6 @@ from toygrad.tensor.train_gpt import main as train_gpt_main
 NOTEBOOK = Path(__file__).resolve().parents[2] / "packages" / "toygrad" / "examples" / "demo.ipynb"
 
 
-def _one_line_error(capsys, code, *names):
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in err, err
-    return err
-
-
 @pytest.mark.parametrize("argv, name", [
     (["--n-samples", "0"], "argument --n-samples: must be at least 2, got 0"),
     (["--n-samples", "1"], "argument --n-samples: must be at least 2, got 1"),
@@ -31,9 +23,9 @@ def _one_line_error(capsys, code, *names):
     (["--out", "/proc/x.png"], "--out /proc/x.png: cannot write in /proc"),
     (["--out", "x.txt"], "--out x.txt: the file name must end in .png"),
 ])
-def test_demo_rejects_bad_flags_before_training(argv, name, tmp_path, capsys, monkeypatch):
+def test_demo_rejects_bad_flags_before_training(one_line_error, argv, name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(capsys, demo_main(argv), "toygrad-demo: error: ", name)
+    one_line_error(demo_main(argv), "toygrad-demo: error: ", name)
     assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
 
 
@@ -46,19 +38,19 @@ def test_demo_replaces_its_image_whole(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_train_gpt_without_a_gpu_says_so(tmp_path, capsys):
+def test_train_gpt_without_a_gpu_says_so(one_line_error, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello world\n" * 50)
-    _one_line_error(capsys, train_gpt_main([str(text), "--device", "cuda"]),
+    one_line_error(train_gpt_main([str(text), "--device", "cuda"]),
                     "argument --device: cuda: CUDA is not available on this machine")
 
 
-def test_train_gpt_checks_the_csv_path_before_training(tmp_path, capsys):
+def test_train_gpt_checks_the_csv_path_before_training(one_line_error, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello world\n" * 50)
-    _one_line_error(capsys, train_gpt_main([str(text), "--csv", "/proc/x.csv"]), "--csv /proc/x.csv")
+    one_line_error(train_gpt_main([str(text), "--csv", "/proc/x.csv"]), "--csv /proc/x.csv")
     assert capsys.readouterr().out == ""  # not a single step was run
-    _one_line_error(capsys, train_gpt_main([str(text), "--lr", "nan"]), "argument --lr: expected a finite number")
+    one_line_error(train_gpt_main([str(text), "--lr", "nan"]), "argument --lr: expected a finite number")
 
 
 def test_an_unexpected_error_is_one_line_naming_a_log(capsys):
@@ -104,7 +96,7 @@ def test_notebook_shows_the_decision_boundary_as_an_image(tmp_path):
     assert shown and "image/png" in shown[0]["data"], cell.outputs
 
 
-def test_train_gpt_names_a_file_that_is_not_utf8(tmp_path, capsys):
+def test_train_gpt_names_a_file_that_is_not_utf8(one_line_error, tmp_path, capsys):
     text = tmp_path / "latin1.txt"
     text.write_bytes("café au lait, crème brûlée\n".encode("latin-1") * 50)
-    _one_line_error(capsys, train_gpt_main([str(text)]), str(text))
+    one_line_error(train_gpt_main([str(text)]), str(text))
