@@ -127,11 +127,13 @@ class BlockWeights(NamedTuple):
 
 
 def linear_call(module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module(x)` without the nn.Module machinery: F.linear on an nn.Linear's own tensors (read
-    when called, so weights changed in place are seen); any other layer that maps x -> y (an int8
-    dynamically quantized Linear, see toygpt.quantize) is called as it is."""
+    """`module(x)` without the nn.Module machinery: F.linear on an nn.Linear's own tensors, taken
+    once (the same tensor objects, so weights changed in place are seen, as the Decoder promises);
+    any other layer that maps x -> y (an int8 dynamically quantized Linear, see toygpt.quantize)
+    is called as it is."""
     if type(module) is nn.Linear:
-        return lambda x: F.linear(x, module.weight, module.bias)
+        weight, bias = module.weight, module.bias  # not looked up through the module on every call
+        return lambda x: F.linear(x, weight, bias)
     return module
 
 
