@@ -368,16 +368,10 @@ def add_probs_arguments(parser: argparse.ArgumentParser) -> None:
 def load_model(name: str, device: str = "cpu"):
     """What `toygpt generate --model` loads: a toygpt checkpoint or run directory, a transformers
     GPT-2 directory, or a hub name (the same resolution, generate_cli.local_model_dir)."""
-    from toygpt.checkpoint import load_model as load_checkpoint
-    from toygpt.generate_cli import local_model_dir
-    from toygpt.model import GPT
+    from toygpt import generate_cli
     from toygpt.runtime import resolve_device
 
-    device = resolve_device(device)
-    local = local_model_dir(name)
-    if local is not None:
-        return load_checkpoint(local).to(device)
-    return GPT.from_pretrained(name).to(device)
+    return generate_cli.load_model(name, resolve_device(device))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -62,18 +62,15 @@ class LossConfig:
 
 def load_model(name: str, device: str):
     """(model in eval mode on `device`, its tokenizer) for `--model name`."""
-    from toygpt import checkpoint
-    from toygpt.generate_cli import local_model_dir
-    from toygpt.model import GPT
+    from toygpt import generate_cli
 
-    local = local_model_dir(name)
-    model = checkpoint.load_model(local) if local is not None else GPT.from_pretrained(name)
+    model = generate_cli.load_model(name, device)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:  # a transformers directory or hub model: GPT-2's own tokenizer
         from toygpt.tokenizers import GPT2Tokenizer
 
         tokenizer = GPT2Tokenizer()
-    return model.to(device).eval(), tokenizer
+    return model.eval(), tokenizer
 
 
 # ---- HellaSwag --------------------------------------------------------------------------------

@@ -75,19 +75,22 @@ def local_model_dir(name: str) -> Path | None:
     return None
 
 
-def run(args) -> None:
-    from toygpt.checkpoint import load_model
+def load_model(name: str, device: str = "cpu"):
+    """What `--model name` means, on `device`: a toygpt checkpoint or run directory, a transformers
+    GPT-2 directory (checkpoint.load_model reads which from its model_type), or a hub name
+    (GPT.from_pretrained, or an error naming it). generate, attention and eval all load this way."""
+    from toygpt.checkpoint import load_model as load_checkpoint
     from toygpt.model import GPT
+
+    local = local_model_dir(name)
+    model = load_checkpoint(local) if local is not None else GPT.from_pretrained(name)
+    return model.to(device)
+
+
+def run(args) -> None:
     from toygpt.runtime import resolve_device
 
-    device = resolve_device(args.device)
-    local = local_model_dir(args.model)
-    if local is not None:
-        # load_model reads its model_type (a toygpt GPT or bigram checkpoint, or a transformers
-        # GPT-2 directory)
-        model = load_model(local).to(device)
-    else:
-        model = GPT.from_pretrained(args.model).to(device)  # a hub name, or an error naming it
+    model = load_model(args.model, resolve_device(args.device))
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if getattr(model, "tokenizer", None) is None and vocab_size not in GPT2_VOCAB_SIZES:
         # the API's advice (pass tokenizer=...) means nothing on a command line
