@@ -19,7 +19,7 @@ import pytest
 import torch
 import toykernels
 from torch.utils import cpp_extension
-from toykernels import _build, backend
+from toykernels import _build, _toolkit, backend
 
 CSRC = _build.CSRC
 
@@ -458,21 +458,21 @@ def _fake_toolkit(root: Path, headers=()) -> Path:
 
 
 def test_find_toolkit_sees_through_a_wrapper_nvcc(tmp_path):
-    real = _fake_toolkit(tmp_path / "cuda-13.0", headers=_build.LIBRARY_HEADERS)
+    real = _fake_toolkit(tmp_path / "cuda-13.0", headers=_toolkit.LIBRARY_HEADERS)
     wrappers = tmp_path / "local" / "bin"  # like /usr/local/bin/nvcc: `exec /usr/local/cuda-13.0/bin/nvcc "$@"`
     wrappers.mkdir(parents=True)
     (wrappers / "nvcc").write_text(f'#!/bin/sh\nexec {real}/bin/nvcc "$@"\n')
     (wrappers / "nvcc").chmod(0o755)
     # cpp_extension's guess is the folder above the wrapper, as it is with nvcc on the PATH
-    toolkit = _build._find_toolkit(None, str(wrappers), str(wrappers.parent))
+    toolkit = _toolkit._find_toolkit(None, str(wrappers), str(wrappers.parent))
     assert toolkit.cuda_home == real.resolve() and toolkit.nvcc == real.resolve() / "bin" / "nvcc"
     assert toolkit.version == "13.0.88"
     assert f"asking {wrappers / 'nvcc'} where it runs from" in toolkit.found
     assert toolkit.extra_includes == () and toolkit.missing_headers == ()
     # a real toolkit named by CUDA_HOME is taken as it is
-    assert _build._find_toolkit(str(real), "", None).found == f"$CUDA_HOME={real}"
-    with pytest.raises(_build.ToolkitNotFound, match="CUDA_HOME is None and no nvcc is on the PATH"):
-        _build._find_toolkit(None, str(tmp_path / "empty"), None)
+    assert _toolkit._find_toolkit(str(real), "", None).found == f"$CUDA_HOME={real}"
+    with pytest.raises(_toolkit.ToolkitNotFound, match="CUDA_HOME is None and no nvcc is on the PATH"):
+        _toolkit._find_toolkit(None, str(tmp_path / "empty"), None)
 
 
 def test_find_toolkit_behind_a_wrapper_of_the_real_nvcc(nvcc_path, tmp_path):
@@ -480,7 +480,7 @@ def test_find_toolkit_behind_a_wrapper_of_the_real_nvcc(nvcc_path, tmp_path):
     wrappers.mkdir()
     (wrappers / "nvcc").write_text(f'#!/bin/sh\nexec {nvcc_path} "$@"\n')
     (wrappers / "nvcc").chmod(0o755)
-    toolkit = _build._find_toolkit(None, str(wrappers), str(tmp_path))
+    toolkit = _toolkit._find_toolkit(None, str(wrappers), str(tmp_path))
     assert toolkit.nvcc.read_bytes()[:4] == b"\x7fELF", f"{toolkit.nvcc} is not the compiler itself"
     assert (toolkit.cuda_home / "include" / "cuda_runtime_api.h").is_file()
     assert re.fullmatch(r"\d+\.\d+\.\d+", toolkit.version), toolkit.version
@@ -491,21 +491,21 @@ def test_headers_the_toolkit_lacks_come_from_torchs_nvidia_packages(tmp_path, la
     toolkit = _fake_toolkit(tmp_path / "cuda", headers=["cublas_v2.h"])  # has cuBLAS only
     site = tmp_path / "site-packages"
     if layout == "cu13":  # CUDA 13 wheels: one folder for all libraries
-        folders = {h: site / "nvidia" / "cu13" / "include" for h in _build.LIBRARY_HEADERS}
+        folders = {h: site / "nvidia" / "cu13" / "include" for h in _toolkit.LIBRARY_HEADERS}
     else:  # CUDA 12 wheels: nvidia/cublas/include, nvidia/cusparse/include, ...
         folders = {"cublas_v2.h": site / "nvidia" / "cublas" / "include", "cublasLt.h": site / "nvidia" / "cublas" / "include",
                    "cusparse.h": site / "nvidia" / "cusparse" / "include"}  # fmt: skip
     for header, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / header).write_text("")
-    extra, added, missing = _build._library_includes(toolkit, site)
+    extra, added, missing = _toolkit._library_includes(toolkit, site)
     if layout == "cu13":
         assert extra == (site / "nvidia" / "cu13" / "include",)
         assert added == ("cublasLt.h", "cusparse.h", "cusolverDn.h") and missing == ()
     else:
         assert extra == (site / "nvidia" / "cublas" / "include", site / "nvidia" / "cusparse" / "include")
         assert added == ("cublasLt.h", "cusparse.h") and missing == ("cusolverDn.h",)
-    described = _build.Toolkit(toolkit, toolkit / "bin" / "nvcc", "13.0.88", "test", extra, added, missing)
+    described = _toolkit.Toolkit(toolkit, toolkit / "bin" / "nvcc", "13.0.88", "test", extra, added, missing)
     assert described.include_flags()[:2] == ["-isystem", str(extra[0])]
     assert f"extra include folders: {extra[0]}" in described.describe()
 
@@ -534,7 +534,7 @@ def test_backend_info_in_the_cuda_venv_names_a_toolkit_with_every_header(nvcc_pa
     assert nvcc.read_bytes()[:4] == b"\x7fELF" and (home / "include" / "cuda_runtime_api.h").is_file(), line
     extra = re.search(r"extra include folders: (.*?) \(for ", line)
     folders = [home / "include"] + ([Path(p) for p in extra.group(1).split(", ")] if extra else [])
-    for header in _build.LIBRARY_HEADERS:
+    for header in _toolkit.LIBRARY_HEADERS:
         assert any((folder / header).is_file() for folder in folders), f"{header} in none of {folders}: {line}"
 
 

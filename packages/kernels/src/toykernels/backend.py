@@ -28,14 +28,8 @@ import warnings
 
 import torch
 
-from toykernels._build import (
-    BuildError,
-    arch_label,
-    arch_list,
-    build_dir,
-    load_extension,
-    toolkit_summary,
-)
+from toykernels._build import BuildError, build_dir, load_extension
+from toykernels._toolkit import arch_label, arch_list, toolkit_summary
 
 _MODES = ("auto", "torch", "cuda")
 
