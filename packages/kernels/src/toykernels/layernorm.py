@@ -2,9 +2,10 @@
 
 1. Raw forward/backward functions, no autograd: `layer_norm_forward`, `layer_norm_backward`,
    `add_layer_norm_forward`. They run the CUDA extension (csrc/layernorm.cu) when
-   `backend.select` says so; otherwise, on a CPU, PyTorch's own LayerNorm kernels
-   (`aten.native_layer_norm` and its backward, called without autograd), and anywhere else the
-   same formulas written in PyTorch (`reference.layer_norm_forward_ref` / `_backward_ref`).
+   `backend.select` says so; otherwise the fallback (`_layernorm_fallback`): on a CPU,
+   PyTorch's own LayerNorm kernels (`aten.native_layer_norm` and its backward, called without
+   autograd), and anywhere else the same formulas written in PyTorch
+   (`reference.layer_norm_forward_ref` / `_backward_ref`).
    toygrad.Tensor calls these directly.
 2. torch custom ops (`toykernels::layer_norm_forward`, `::add_layer_norm_forward`, `::layer_norm_backward`)
    with fake (meta) and autograd registrations, so torch.compile(fullgraph=True) traces them.
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toykernels import _autocast, backend
-from toykernels.reference import layer_norm_backward_ref, layer_norm_forward_ref
+from toykernels._layernorm_fallback import backward_fallback, forward_fallback
 
 backend.register_op("layer_norm", ["layernorm.cu", "layernorm_bindings.cpp"])
 
@@ -107,90 +108,6 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 # layer 1: raw forward / backward, no autograd
 
-# PyTorch's own CPU LayerNorm (the kernels behind F.layer_norm), called without autograd. An older
-# torch without them runs the reference formulas.
-_HAS_ATEN_LAYER_NORM = hasattr(torch.ops.aten, "native_layer_norm") and hasattr(
-    torch.ops.aten, "native_layer_norm_backward"
-)
-_ATEN_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _use_aten_forward(x: Tensor) -> bool:
-    """True when ATen's CPU LayerNorm forward computes exactly our contract for x (see `_aten_params`)."""
-    return _HAS_ATEN_LAYER_NORM and x.device.type == "cpu" and x.dtype in _ATEN_DTYPES
-
-
-def _use_aten_backward(x: Tensor) -> bool:
-    """True when ATen's CPU LayerNorm backward computes exactly our contract for x.
-
-    NOTE: not for fp16/bf16 input. There ATen's dx is fine but its dweight/dbias are not
-    reduced in fp32: over 1024 rows of bf16 they are off by ~3% (4096 rows: ~6%), with fp32
-    parameters too, where the contract (and the CUDA kernel) sums in fp32. The formulas run.
-    """
-    return _use_aten_forward(x) and x.dtype in (torch.float32, torch.float64)
-
-
-def _aten_params(x, weight, bias):
-    """weight and bias as ATen's CPU LayerNorm forward needs them to return our statistics.
-
-    ATen computes the statistics in float32 for fp16/bf16 input only on its mixed-precision path,
-    which it takes when the parameters are float32; with fp16/bf16 parameters (or none) it
-    rounds mean and rstd to the input's dtype. So for fp16/bf16 input the parameters go in as
-    float32 (exact), and a missing weight becomes float32 ones (y = xhat * 1 is exact). Otherwise
-    ATen wants one dtype for all: fp32 parameters of fp64 input go in as float64 (exact).
-    """
-    low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    param_dtype = torch.float32 if low_precision else x.dtype
-    if weight is not None:
-        weight = weight.to(param_dtype)
-    elif low_precision:
-        weight = torch.ones(x.shape[-1], dtype=param_dtype, device=x.device)
-    if bias is not None:
-        bias = bias.to(param_dtype)
-    return weight, bias
-
-
-def _forward_aten(x, weight, bias, eps):
-    """The CPU forward on a (N, C) tensor: torch.ops.aten.native_layer_norm -> (y, mean, rstd)."""
-    w, b = _aten_params(x, weight, bias)
-    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], w, b, float(eps))
-    return y, mean.view(-1), rstd.view(-1)  # mean, rstd come as (N, 1)
-
-
-def _backward_aten(dy, x, weight, mean, rstd, has_bias):
-    """The CPU backward on fp32/fp64 (N, C) tensors: torch.ops.aten.native_layer_norm_backward.
-
-    ATen wants the parameters and statistics in x's dtype (fp32 weight of fp64 input: an exact
-    cast), and reads the bias only for dbias's shape and dtype, so a placeholder stands in for
-    it (the raw backward is not given the bias).
-    """
-    w = weight.to(x.dtype) if weight is not None else None
-    bias_like = x.new_empty(x.shape[-1]) if has_bias else None
-    mask = [True, weight is not None, has_bias]  # which of dx, dweight, dbias to compute
-    dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
-        dy, x, [x.shape[-1]], mean.to(x.dtype), rstd.to(x.dtype), w, bias_like, mask
-    )
-    param_dtype = weight.dtype if weight is not None else x.dtype
-    dweight = dweight.to(param_dtype) if weight is not None else None
-    dbias = dbias.to(param_dtype) if has_bias else None
-    return dx, dweight, dbias
-
-
-def _forward_fallback(x, weight, bias, eps):
-    """The forward off the CUDA kernel, on a (N, C) tensor: ATen's CPU kernel where it applies,
-    else the reference formulas."""
-    if _use_aten_forward(x):
-        return _forward_aten(x, weight, bias, eps)
-    return layer_norm_forward_ref(x, weight, bias, eps)
-
-
-def _backward_fallback(dy, x, weight, mean, rstd, has_bias):
-    """The backward off the CUDA kernel, on (N, C) tensors: ATen's CPU kernel where it applies,
-    else the reference formulas."""
-    if _use_aten_backward(x):
-        return _backward_aten(dy, x, weight, mean, rstd, has_bias)
-    return layer_norm_backward_ref(dy, x, weight, mean, rstd, has_bias)
-
 
 def layer_norm_forward(x, weight, bias, eps):
     """LayerNorm over the last dim of x (..., C) -> (y, mean, rstd), no autograd.
@@ -205,7 +122,7 @@ def layer_norm_forward(x, weight, bias, eps):
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
     ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
-        y, mean, rstd = _forward_fallback(x2, weight, bias, eps)
+        y, mean, rstd = forward_fallback(x2, weight, bias, eps)
     else:
         y, mean, rstd = ext.layer_norm_forward(x2, weight, bias, float(eps))
     return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
@@ -221,7 +138,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps):
     ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
         s = x2 + r2
-        y, mean, rstd = _forward_fallback(s, weight, bias, eps)
+        y, mean, rstd = forward_fallback(s, weight, bias, eps)
     else:
         s, y, mean, rstd = ext.add_layer_norm_forward(x2, r2, weight, bias, float(eps))
     stats_shape = x.shape[:-1]
@@ -244,7 +161,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, has_bias=True):
     rstd1 = rstd.reshape(-1).contiguous()  # (N,)
     ext = backend.select("layer_norm", x, unsupported=_unsupported_reason(x))
     if ext is None:
-        dx, dweight, dbias = _backward_fallback(dy2.to(x.dtype), x2, weight, mean1, rstd1, has_bias)
+        dx, dweight, dbias = backward_fallback(dy2.to(x.dtype), x2, weight, mean1, rstd1, has_bias)
     else:
         dx, dweight, dbias = ext.layer_norm_backward(dy2.to(x.dtype), x2, weight, mean1, rstd1, bool(has_bias))
         # the extension reduces the parameter gradients in fp32; hand them back in weight's dtype
