@@ -7,8 +7,9 @@ import random
 import numpy as np
 import pytest
 from toygpt import data, shards
+from toygpt.documents import safe_split
 from toygpt.errors import ToyGPTError
-from toygpt.shards import prepare_shards, safe_split
+from toygpt.shards import prepare_shards
 from toygpt.tokenizers.gpt2 import ENV_VAR
 
 # documents that stress the tokenizer: a literal special-token string (ordinary text to

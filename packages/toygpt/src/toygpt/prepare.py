@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def is_corpus(inputs: list[Path], shard_tokens: int | None) -> bool:
     """Whether the inputs go to shards (shards.py) rather than to one train.bin / val.bin."""
-    from toygpt.shards import TEXT_SUFFIXES
+    from toygpt.documents import TEXT_SUFFIXES
 
     return (shard_tokens is not None or len(inputs) > 1
             or any(p.is_dir() or p.suffix.lower() not in TEXT_SUFFIXES for p in inputs))

@@ -1,20 +1,16 @@
-"""Corpora larger than memory: stream documents, tokenize them in a pool, write uint16 shards.
+"""Corpora larger than memory: tokenize documents in a pool of processes, write uint16 shards.
 
 The layout is build-nanogpt's fineweb.py: every document is followed by GPT-2's <|endoftext|>
 (as GPT-2 was trained), the token stream is cut into shards of a fixed number of tokens (100M
 by default; a document may run on into the next shard), and the first shard is the val split.
 meta.json lists the shards with their token counts and sha256s; data.load_tokens reads the
 shards of a split as one memory-mapped stream, so the trainer sees the same thing as a
-train.bin / val.bin pair.
-
-Inputs are what public corpora ship as: plain text (one document per file, as OpenWebText's
-.txt files), JSON Lines with a text field, and Parquet with a text column (FineWeb; needs
-pyarrow, the `parquet` extra).
+train.bin / val.bin pair. Which files are read, and how (text, JSON Lines, Parquet): see
+`documents`.
 
 What keeps memory bounded: the main process reads a few MB of documents ahead of the workers
 (`IN_FLIGHT_PER_WORKER` tasks of ~`TASK_CHARS` characters each) and writes each shard to disk as
-its tokens arrive. A text file of any size is read in pieces that are cut where GPT-2's
-pre-tokenizer splits anyway (see `safe_split`), so its tokens are those of the whole file.
+its tokens arrive.
 
 What makes a killed prepare resumable: a shard is written as `.NAME.partial` and renamed when
 complete, then progress.json records it together with the input position where the next shard
@@ -32,145 +28,17 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from toygpt.documents import Position, expand_inputs, iter_pieces, piece_text
 from toygpt.errors import ToyGPTError
 
 SHARD_TOKENS = 100_000_000  # build-nanogpt's shard size: 200 MB of uint16
-TASK_CHARS = 1 << 20  # characters of documents per task sent to a worker
+TASK_CHARS = 1 << 20  # characters of documents per task sent to a worker (and per text piece)
 IN_FLIGHT_PER_WORKER = 4  # tasks queued per worker: enough to keep it busy, bounded memory
-TEXT_SUFFIXES = (".txt", ".text", ".md")
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-PARQUET_SUFFIXES = (".parquet",)
 PROGRESS_FILE = "progress.json"
-
-
-# ---- inputs: files -> pieces of documents ---------------------------------------------------
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """The input files: each given file, and a directory's files with a known suffix (sorted)."""
-    known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
-            if not found:
-                raise ToyGPTError(f"input directory {path} holds no {', '.join(known)} files")
-            files.extend(found)
-        elif path.is_file():
-            if path.suffix.lower() not in known:
-                raise ToyGPTError(f"input file {path}: unknown kind; name it {', '.join(known)}")
-            files.append(path)
-        else:
-            raise ToyGPTError(f"input file {path} not found")
-    return files
-
-
-def _kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    return "text" if suffix in TEXT_SUFFIXES else "jsonl" if suffix in JSONL_SUFFIXES else "parquet"
-
-
-def safe_split(text: str, limit: int) -> int:
-    """An index i <= limit (and > 0) where encoding text[:i] and text[i:] apart gives the tokens of
-    encoding text whole, or 0 if there is none in text[limit // 2 : limit].
-
-    NOTE: GPT-2's pre-tokenizer (the regex in tokenizers/gpt2_files.py) never puts a non-space
-    character and a following space in one piece, nor a newline and a following non-space
-    character; so a space or a non-space character that follows a non-space character, or that
-    single newline, starts a new piece whatever comes before it. Runs of whitespace are not
-    cut: `\\s+(?!\\S)` looks ahead, so their split depends on what follows.
-    """
-    lo = limit // 2
-    for sep, offset in ((" ", 0), ("\n", 1)):
-        i = text.rfind(sep, lo, limit)
-        while i > 0:
-            # the separator alone between two non-space characters; cut before a space, after a newline
-            if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
-                return i + offset
-            i = text.rfind(sep, lo, i)
-    return 0
-
-
-def _text_pieces(path: Path, chunk_chars: int) -> Iterator[tuple[str, bool]]:
-    """(piece, ends the document) of one text file, one document, read chunk_chars at a time."""
-    buffer = ""
-    with open(path, encoding="utf-8") as f:
-        while True:
-            try:
-                more = f.read(chunk_chars)
-            except UnicodeDecodeError as e:
-                raise ToyGPTError(f"input file {path} is not UTF-8 text ({e})") from None
-            buffer += more
-            if not more:
-                yield buffer, True
-                return
-            while len(buffer) > chunk_chars:
-                cut = safe_split(buffer, chunk_chars)
-                if cut == 0:
-                    break  # no split point yet: read on (memory grows only for such text)
-                yield buffer[:cut], False
-                buffer = buffer[cut:]
-
-
-def _jsonl_pieces(path: Path) -> Iterator[bytes]:
-    """The raw lines of a JSON Lines file (the workers parse them); blank lines are b""."""
-    with open(path, "rb") as f:
-        for line in f:
-            yield line.strip()
-
-
-def _parquet_pieces(path: Path, text_field: str) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ToyGPTError(f"input file {path}: reading Parquet needs pyarrow "
-                          "(pip install pyarrow)") from None
-    try:
-        parquet = pq.ParquetFile(path)
-        if text_field not in parquet.schema_arrow.names:
-            raise ToyGPTError(f"input file {path} has no column {text_field!r} (columns: "
-                              f"{', '.join(parquet.schema_arrow.names)}); pass --text-field")
-        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
-            yield from batch.column(0).to_pylist()
-    except OSError as e:
-        raise ToyGPTError(f"input file {path} is not readable Parquet ({e})") from None
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where the token stream stands: piece `piece` of input file `file`, of whose tokens (its
-    end-of-text included) the first `skip` are written already."""
-
-    file: int
-    piece: int
-    skip: int = 0
-
-
-def iter_pieces(files: list[Path], text_field: str, start: Position = Position(0, 0),
-                chunk_chars: int | None = None) -> Iterator[tuple[int, int, str | bytes, bool]]:
-    """(file index, piece index, piece, ends a document) from `start` on. A piece is a text
-    chunk (str), a JSON Lines line (bytes, parsed by the worker) or a Parquet row's text.
-    Pieces before `start` are read but not yielded, which costs no tokenizing."""
-    chunk_chars = chunk_chars or TASK_CHARS
-    for file_index in range(start.file, len(files)):
-        path = files[file_index]
-        kind = _kind(path)
-        if kind == "text":
-            pieces = _text_pieces(path, chunk_chars)
-        elif kind == "jsonl":
-            pieces = ((line, True) for line in _jsonl_pieces(path))
-        else:
-            pieces = ((text, True) for text in _parquet_pieces(path, text_field))
-        first = start.piece if file_index == start.file else 0
-        for piece_index, (piece, ends_document) in enumerate(pieces):
-            if piece_index >= first:
-                yield file_index, piece_index, piece, ends_document
 
 
 # ---- workers: pieces -> tokens --------------------------------------------------------------
@@ -191,30 +59,13 @@ def _init_worker(vocab_dir: str | None, files: list[str], text_field: str) -> No
     _worker.update(encoding=encoding, eot=tok.eot_id, files=files, text_field=text_field)
 
 
-def _piece_text(file_index: int, piece_index: int, piece: str | bytes) -> str | None:
-    """A piece's text; None for a blank JSON Lines line (no document)."""
-    if isinstance(piece, str):
-        return piece
-    if not piece:  # a blank line of a JSON Lines file: no document
-        return None
-    where = f"input file {_worker['files'][file_index]} line {piece_index + 1}"
-    try:
-        record = json.loads(piece)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ToyGPTError(f"{where} is not JSON ({e})") from None
-    field = _worker["text_field"]
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise ToyGPTError(f"{where} has no text field {field!r} (pass --text-field)")
-    return record[field]
-
-
 def encode_pieces(task: list[tuple[int, int, str | bytes, bool]]) -> tuple[np.ndarray, np.ndarray]:
     """A worker's job: the tokens of a task's pieces back to back (uint16, <|endoftext|> after
     each document's last piece) and each piece's token count."""
     encoding, eot = _worker["encoding"], _worker["eot"]
     arrays, lengths = [], []
     for file_index, piece_index, piece, ends_document in task:
-        text = _piece_text(file_index, piece_index, piece)
+        text = piece_text(piece, _worker["files"][file_index], piece_index, _worker["text_field"])
         if text is None:
             ids = np.empty(0, dtype=np.uint32)
         else:
@@ -411,7 +262,7 @@ def prepare_shards(inputs: list[str | Path], out_dir: str | Path, shard_tokens: 
         from tqdm import tqdm
 
         bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing", dynamic_ncols=True)
-    pieces = iter_pieces(files, text_field, start)
+    pieces = iter_pieces(files, text_field, start, chunk_chars=TASK_CHARS)
     initargs = (str(tok.vocab_dir) if tok.vocab_dir else None, [str(f) for f in files], text_field)
     skip, end = start.skip, start
     t0, n_tokens = time.perf_counter(), 0
