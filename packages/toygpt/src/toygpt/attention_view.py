@@ -153,6 +153,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out) -> Path:
+    """Write `fig` to `out` (PNG, its folder made), close it, and return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def plot_attention(maps: AttentionMaps, labels: list[str], out, layer: int | None = None,
                    head: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, title: str = "") -> Path:
     """Draw row 0 of `maps` to `out` (PNG): every layer x head, one layer's heads (layer), one
@@ -226,11 +235,7 @@ def plot_attention(maps: AttentionMaps, labels: list[str], out, layer: int | Non
                   fontsize=8)
     bar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
     bar.ax.tick_params(labelsize=7)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def check_layer_head(layer, head, n_layer: int, n_head: int) -> None:
@@ -324,11 +329,7 @@ def plot_probs(choices: list[TokenChoice], label, out, prompt: str = "", max_ste
                  + "\nred frame: the token generated", fontsize=10)
     bar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
     bar.set_label("probability (linear, 0 to 1)", fontsize=8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def show_probs(model, args) -> list[TokenChoice]:
@@ -337,18 +338,17 @@ def show_probs(model, args) -> list[TokenChoice]:
     from toygpt import generation
 
     tok = generation._tokenizer(model, None)
-    labels = token_labels
     choices = []
     print(f"{'step':>4}  {'token':>8}  {'p':>6}   top {args.show_probs} alternatives")
     for n, choice in enumerate(next_token_probs(
             model, args.prompt, args.max_new_tokens, args.show_probs, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed), start=1):
         choices.append(choice)
-        print(format_choice(n, choice, lambda i: repr(labels(tok, [i])[0])[1:-1]), flush=True)
+        print(format_choice(n, choice, lambda i: repr(token_labels(tok, [i])[0])[1:-1]), flush=True)
     text = tok.decode([c.token for c in choices])
     print(f"\n{args.prompt}{text}")
     if args.out and choices:
-        path = plot_probs(choices, lambda i: labels(tok, [i])[0], args.out, args.prompt)
+        path = plot_probs(choices, lambda i: token_labels(tok, [i])[0], args.out, args.prompt)
         print(f"wrote {path}")
     return choices
 
@@ -365,15 +365,6 @@ def add_probs_arguments(parser: argparse.ArgumentParser) -> None:
 # `toygpt attention`
 
 
-def load_model(name: str, device: str = "cpu"):
-    """What `toygpt generate --model` loads: a toygpt checkpoint or run directory, a transformers
-    GPT-2 directory, or a hub name (the same resolution, generate_cli.local_model_dir)."""
-    from toygpt import generate_cli
-    from toygpt.runtime import resolve_device
-
-    return generate_cli.load_model(name, resolve_device(device))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="toygpt checkpoint directory, transformers GPT-2 directory, or hub name")
@@ -387,11 +378,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from toygpt import generation
+    from toygpt import generate_cli, generation
+    from toygpt.runtime import resolve_device
 
     if args.max_tokens < 1:
         raise ToyGPTError(f"--max-tokens must be at least 1, got {args.max_tokens}")
-    model = load_model(args.model, args.device)
+    model = generate_cli.load_model(args.model, resolve_device(args.device))  # as generate loads it
     blocks = _blocks(model)
     check_layer_head(args.layer, args.head, len(blocks), model.config.n_head)
     tok = generation._tokenizer(model, None)
