@@ -3,9 +3,10 @@ the C++ compiler of the CUDA emulator (tools/cuda_emu).
 
 With --import-mode=importlib these are fixtures (not an importable module).
 Tests that need a GPU are marked `@pytest.mark.cuda`; here they are skipped, with the reason,
-when torch has no usable CUDA device. The CUDA emulator's modules (tools/cuda_emu: emulate.py
-and its drivers emulate_layernorm, emulate_attention) are loaded here from their files, so that
-the emulated tests import them by name without tools/ on sys.path.
+when torch has no usable CUDA device. The CUDA emulator's generic driver (tools/cuda_emu/
+emulate.py) and each op's cases for it (<op>/emulator_cases.py, beside the op's tests) are
+loaded here from their files, so that the emulated tests import them by name without tools/ on
+sys.path.
 """
 
 from __future__ import annotations
@@ -26,32 +27,22 @@ HERE = Path(__file__).resolve().parent
 EMU_DIR = HERE.parents[1] / "tools" / "cuda_emu"
 
 
-def _load_emulator_module(name: str) -> None:
-    """tools/cuda_emu/NAME.py as the module NAME, loaded from its file (tools/ is not on
-    sys.path): the emulated tests `import emulate, emulate_layernorm, emulate_attention`, and the
-    drivers themselves `import emulate`, which finds it in sys.modules."""
+def _load(name: str, path: Path) -> None:
+    """The file `path` as the module `name` (neither tools/ nor tests/ is on sys.path)."""
     if name in sys.modules:
         return
-    spec = importlib.util.spec_from_file_location(name, EMU_DIR / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while a class is made
     spec.loader.exec_module(module)
 
 
-for _name in ("emulate", "emulate_layernorm", "emulate_attention"):  # emulate first: the drivers import it
-    _load_emulator_module(_name)
+# the emulator's driver first: the cases modules `import emulate`, which finds it in sys.modules
+_load("emulate", EMU_DIR / "emulate.py")
+for _op in ("layernorm", "attention"):  # import layernorm_emulator_cases, ...
+    _load(f"{_op}_emulator_cases", HERE / _op / "emulator_cases.py")
+_load("kernel_checks", HERE / "checks.py")  # the tests of both ops: import kernel_checks
 
-
-def _load_checks() -> None:
-    """tests/kernels/checks.py as the module `kernel_checks`, for the tests of both ops."""
-    if "kernel_checks" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kernel_checks", HERE / "checks.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["kernel_checks"] = module
-        spec.loader.exec_module(module)
-
-
-_load_checks()
 NO_CUDA_REASON = (
     "needs an NVIDIA GPU and a CUDA build of torch "
     f"(torch {torch.__version__}, torch.cuda.is_available() is False)"
@@ -136,8 +127,9 @@ def cxx() -> str:
     return compiler
 
 
-# The emulated tests (*/test_emulated.py) import their driver as `emu` (emulate_layernorm,
-# emulate_attention) and define reduced_cases(); these fixtures serve each such module.
+# The emulated tests (*/test_emulated.py) import their op's cases module as `emu`
+# (layernorm_emulator_cases, attention_emulator_cases) and define reduced_cases(); these
+# fixtures serve each such module.
 @pytest.fixture(scope="module")
 def emulator(request, cxx, tmp_path_factory) -> Path:
     """The module's emulator, built from the current .cu file (a build error fails the tests)."""

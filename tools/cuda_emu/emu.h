@@ -145,7 +145,7 @@ void register_kernel(const char* name);
 void report_launches();  // prints a "launched <count> <kernel>" line per kernel to stdout
 
 // The kernel's name from the compiler's spelling of KernelInfo<Kernel>::name, e.g.
-// "layer_norm_fwd_cached<float, 4, 2>" (namespaces dropped).
+// "row_kernel<float, 4, 2>" (namespaces dropped).
 const char* kernel_name(const char* pretty_function);
 
 template <auto Kernel> struct KernelInfo {

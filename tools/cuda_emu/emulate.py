@@ -1,15 +1,20 @@
-"""What the drivers (emulate_layernorm.py, emulate_attention.py) share: building an emulator
-binary from a .cu file and its harness, running cases on it in parallel processes and reading
-what the harness reports, and the drivers' command line. See README.md.
+"""The emulator's generic driver: building an emulator binary from a .cu file and a harness,
+running cases on it in parallel processes and reading what the harness reports, and the command
+line. It knows no op: an op's cases module (beside the op's tests, e.g.
+tests/kernels/layernorm/emulator_cases.py) passes its .cu file, its harness and its cases. See
+README.md.
 
-A driver defines its Case (a HarnessCase), its case sets, a build() that calls build() here
-with its harness, and main().
+A cases module defines its Case (a HarnessCase), its case sets, a build() that calls build()
+here with its harness, and main(argv), which the command line runs:
+
+    python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py [its flags]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import platform
 import shutil
@@ -21,8 +26,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
+ENGINE_UNITS = ("emu.cpp",)  # the engine's sources, always linked
+PTX_UNIT = "ptx.cpp"  # linked when the .cu file has inline PTX
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas"]
 if platform.machine() in ("x86_64", "AMD64"):
@@ -44,21 +52,26 @@ def find_cxx() -> str | None:
 
 def build(
     source: Path,
+    harness: Path,
     out_dir: Path,
-    name: str,
-    runtime_sources: Sequence[str],
     cxx: str = "g++",
-    runtime_from: Path | None = None,
+    *,
+    name: str | None = None,
+    include_dirs: Sequence[Path] = (),
     kernel_flags: Sequence[str] = (),
+    runtime_from: Path | None = None,
 ) -> Path:
-    """Transforms `source` (a .cu file; its folder holds the headers it includes), compiles it
-    with the runtime sources (files of this folder: the emulator and the harness) and links
-    out_dir/<name>, which it returns.
+    """Transforms `source` (a .cu file), compiles it with the engine (emu.cpp, and ptx.cpp when
+    the source has inline PTX) and `harness` (a .cpp file with main()), and links
+    out_dir/<name> (default: <source stem>_emu), which it returns.
 
-    runtime_from: an earlier build's folder whose runtime objects are linked instead of
-    compiling them again (they do not depend on the .cu file).
+    include_dirs: folders the source and the harness include from, after the shim, this folder
+    and the source's own folder (which holds the headers a .cu file includes).
     kernel_flags: compiler flags for the kernel source, after KERNEL_CXXFLAGS.
+    runtime_from: an earlier build's folder whose engine and harness objects are linked instead
+    of compiling them again (they do not depend on the .cu file).
     """
+    name = name or f"{source.stem}_emu"
     out_dir.mkdir(parents=True, exist_ok=True)
     transformed = out_dir / f"{name}.cpp"
     cmd = [sys.executable, str(HERE / "transform.py"), str(source), str(transformed)]
@@ -66,16 +79,24 @@ def build(
     if result.returncode != 0:
         raise BuildError(f"transform.py failed:\n{result.stderr}")
 
-    def obj(folder: Path, unit: str) -> Path:
-        return folder / Path(unit).with_suffix(".o").name
-
-    units = {transformed: obj(out_dir, transformed.name)}
-    if runtime_from is None:
-        units.update({HERE / unit: obj(out_dir, unit) for unit in runtime_sources})
-        objects = list(units.values())
-    else:
-        objects = [units[transformed], *(obj(runtime_from, unit) for unit in runtime_sources)]
-    includes = ["-I", str(HERE / "shim"), "-I", str(HERE), "-I", str(source.resolve().parent)]
+    runtime = [HERE / unit for unit in ENGINE_UNITS]
+    if "emu::ptx(" in transformed.read_text():
+        runtime.append(HERE / PTX_UNIT)
+    runtime.append(harness.resolve())
+    stems = [unit.stem for unit in [transformed, *runtime]]
+    if len(set(stems)) != len(stems):
+        raise BuildError(f"two units would build the same object: {stems}")
+    units = {transformed: out_dir / f"{name}.o"}  # what to compile: unit -> object
+    objects = [units[transformed]]
+    for unit in runtime:
+        earlier = runtime_from / f"{unit.stem}.o" if runtime_from else None
+        if earlier is not None and earlier.is_file():
+            objects.append(earlier)
+        else:
+            units[unit] = out_dir / f"{unit.stem}.o"
+            objects.append(units[unit])
+    folders = [HERE / "shim", HERE, source.resolve().parent, *map(Path, include_dirs)]
+    includes = [word for folder in folders for word in ("-I", str(folder))]
     jobs = {}  # the units compile side by side
     for unit, target in units.items():
         flags = CXXFLAGS + (KERNEL_CXXFLAGS + list(kernel_flags) if unit == transformed else [])
@@ -109,7 +130,7 @@ def planted_copy(source: Path, old: str, new: str, folder: Path) -> Path | None:
 
 
 class HarnessCase:
-    """The base of a driver's Case (a frozen dataclass with a `name` property, unique within a
+    """The base of a cases module's Case (a frozen dataclass with a `name` property, unique within a
     run, and a `cost()`: its rough emulation time, to share the cases out evenly)."""
 
     def line(self) -> str:
@@ -242,7 +263,7 @@ def run(
 
 
 def argument_parser(doc: str, default_source: Path, case_example: str) -> argparse.ArgumentParser:
-    """The drivers' command line: --source, --jobs, --case, --build-dir."""
+    """A cases module's command line: --source, --jobs, --case, --build-dir."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -261,7 +282,7 @@ def main(
     build: Callable[[Path, Path, str], Path],
     runs: Sequence[tuple[str, Sequence[str]]] = (("", ()),),
 ) -> int:
-    """A driver's main: builds the emulator from args.source, runs args.case (else the full
+    """A cases module's main: builds the emulator from args.source, runs args.case (else the full
     sweep) once per (label, harness flags) in `runs`, prints a summary of each, and returns the
     exit status (1 when a case failed, 2 without a compiler)."""
     cxx = find_cxx()
@@ -283,3 +304,29 @@ def main(
                 print("kernels never launched:", ", ".join(never))
             failed |= not result.passed(len(cases))
     return 1 if failed else 0
+
+
+
+def load_cases_module(path: Path) -> ModuleType:
+    """An op's cases module, loaded from its file (it imports this module as `emulate`)."""
+    path = Path(path).resolve()
+    name = f"{path.parent.name}_{path.stem}"  # e.g. layernorm_emulator_cases
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while a class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli(argv: Sequence[str]) -> int:
+    """python emulate.py CASES_FILE [flags]: runs the cases module's main(flags)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nA cases file's flags: emulate.py CASES_FILE --help")
+        return 0 if argv else 2
+    return load_cases_module(Path(argv[0])).main(list(argv[1:]))
+
+
+if __name__ == "__main__":
+    # NOTE: a cases module imports this file as `emulate`: one module, not a second copy
+    sys.modules.setdefault("emulate", sys.modules[__name__])
+    sys.exit(cli(sys.argv[1:]))

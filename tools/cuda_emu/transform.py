@@ -20,7 +20,7 @@ Comments and string literals are never rewritten. Not handled (an error, not a s
 miscompile): named asm operands (``[name] "r"(x)``), ``asm goto``, an ``extern __shared__``
 declaration that is not one unsized array.
 
-    python transform.py layernorm.cu layernorm_emu.cpp
+    python transform.py kernels.cu kernels_emu.cpp
 """
 
 from __future__ import annotations

@@ -4,14 +4,16 @@ use (mma.sync m16n8k16, ldmatrix, cp.async), nvcuda::wmma, dynamic shared memory
 launch limits modelled; it checks out, lse, dq, dk and dv against float64 with NaN-poisoned
 outputs, guarded buffers and strided views (fused QKV, a narrowed KV cache, padded rows). A
 reduced case set runs here (every kernel instantiation: fp32/fp16/bf16 x head dims 32/64/128,
-forward and backward); the full sweep is `python tools/cuda_emu/emulate_attention.py`.
-Planted bugs check that the emulator can fail."""
+forward and backward); the full sweep is
+`python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py` (the harness and
+the cases: emulator_harness.cpp and emulator_cases.py, beside this file). Planted bugs check
+that the emulator can fail."""
 
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import attention_emulator_cases as emu  # ./emulator_cases.py, loaded by conftest.py
 import emulate  # tools/cuda_emu, loaded from its file by conftest.py
-import emulate_attention as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
 import pytest
 from toykernels import _build
 

@@ -3,12 +3,14 @@ as it is now with g++, runs every CUDA thread as a fiber (warps, shuffles, __syn
 shared memory, one warp running ahead to expose missing barriers), and checks the forward
 and backward against float64 with NaN-poisoned outputs and guarded buffers. A reduced case
 set runs here (every kernel instantiation, fp32/fp16/bf16); the full sweep is
-`python tools/cuda_emu/emulate_layernorm.py`. Planted bugs check that the emulator can fail."""
+`python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py` (the harness and
+the cases: emulator_harness.cpp and emulator_cases.py, beside this file). Planted bugs check
+that the emulator can fail."""
 
 import re
 
 import emulate  # tools/cuda_emu, loaded from its file by conftest.py
-import emulate_layernorm as emu  # with reduced_cases(): conftest.py's emulator, reduced_result
+import layernorm_emulator_cases as emu  # ./emulator_cases.py, loaded by conftest.py
 import pytest
 from toykernels import _build
 

@@ -1,5 +1,6 @@
-// attention_harness.cpp: runs the real causal-attention launchers of attention.cu (the API of
-// attention.h) under the emulator and checks every output against a float64 reference.
+// emulator_harness.cpp (attention): runs the real causal-attention launchers of attention.cu
+// (the API of attention.h) under the CUDA emulator (tools/cuda_emu) and checks every output
+// against a float64 reference. emulator_cases.py, beside it, builds it and runs its cases.
 //
 //   attention_emu [--report-launches] [--verbose] < cases
 //

@@ -1,24 +1,27 @@
-"""Build the attention emulator (the real attention.cu, run on the CPU) and run cases on it.
+"""The attention emulator's cases: build the real attention.cu with its harness
+(emulator_harness.cpp, beside this file) on the CUDA emulator (tools/cuda_emu) and run cases
+on it. From the repository's root:
 
-    python tools/cuda_emu/emulate_attention.py                 # the full sweep
-    python tools/cuda_emu/emulate_attention.py --jobs 8
-    python tools/cuda_emu/emulate_attention.py --source /path/to/attention.cu
-    python tools/cuda_emu/emulate_attention.py --case "dtype=f16 Tq=17 Tk=65 D=64 layout=cache"
+    python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py   # the full sweep
+    python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py --jobs 8
+    python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py --source /path/to/attention.cu
+    python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py --case "dtype=f16 Tq=17 Tk=65 D=64 layout=cache"
 
-Exit status 1 when a case fails. tests/kernels/attention/test_emulated.py imports this file
-(build, Case, run) and runs a reduced case set on every `make test`. See README.md.
+Exit status 1 when a case fails. test_emulated.py imports this file (build, Case, run; loaded
+by tests/kernels/conftest.py) and runs a reduced case set on every `make test`. See
+tools/cuda_emu/README.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import emulate
 
-DEFAULT_SOURCE = emulate.HERE.parents[1] / "packages/kernels/src/toykernels/csrc/attention.cu"
-RUNTIME_SOURCES = ("emu.cpp", "ptx.cpp", "attention_harness.cpp")  # independent of the .cu file
+HERE = Path(__file__).resolve().parent
+DEFAULT_SOURCE = HERE.parents[2] / "packages/kernels/src/toykernels/csrc/attention.cu"
+HARNESS = HERE / "emulator_harness.cpp"
 # No type-based alias analysis in the kernel source: CUDA code reads and writes 16-bit tiles
 # through uint32_t / uint4 pointers, which nvcc compiles as meant and g++ -O2 need not.
 KERNEL_CXXFLAGS = ["-fno-strict-aliasing"]
@@ -31,17 +34,17 @@ def build(source: Path, out_dir: Path, cxx: str = "g++", runtime_from: Path | No
     """Transforms `source` (an attention.cu; its folder must hold attention.h), compiles it with
     the emulator and the harness, and links out_dir/attention_emu, which it returns.
 
-    runtime_from: an earlier build's folder whose runtime objects (emu.o, ptx.o,
-    attention_harness.o) are linked instead of compiling them again.
+    runtime_from: an earlier build's folder whose emulator and harness objects are linked
+    instead of compiling them again (they do not depend on the .cu file).
     """
     return emulate.build(
-        source, out_dir, "attention_emu", RUNTIME_SOURCES, cxx, runtime_from, KERNEL_CXXFLAGS
+        source, HARNESS, out_dir, cxx, kernel_flags=KERNEL_CXXFLAGS, runtime_from=runtime_from
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class Case(emulate.HarnessCase):
-    """One forward + backward call; see attention_harness.cpp for what each field means."""
+    """One forward + backward call; see emulator_harness.cpp for what each field means."""
 
     dtype: str  # f32, f16, bf16
     Tq: int
@@ -118,10 +121,7 @@ def invalid_cases() -> list[Case]:
     ]
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """The command line (run by tools/cuda_emu/emulate.py): the full sweep or --case."""
     parser = emulate.argument_parser(__doc__, DEFAULT_SOURCE, "dtype=f16 Tq=17 Tk=65 D=64")
-    return emulate.main(parser.parse_args(), Case, full_sweep, build)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return emulate.main(parser.parse_args(argv), Case, full_sweep, build)

@@ -1,39 +1,42 @@
-"""Build the LayerNorm emulator (the real layernorm.cu, run on the CPU) and run cases on it.
+"""The LayerNorm emulator's cases: build the real layernorm.cu with its harness
+(emulator_harness.cpp, beside this file) on the CUDA emulator (tools/cuda_emu) and run cases
+on it. From the repository's root:
 
-    python tools/cuda_emu/emulate_layernorm.py                 # the full sweep
-    python tools/cuda_emu/emulate_layernorm.py --jobs 8 --occupancy 1 2 8
-    python tools/cuda_emu/emulate_layernorm.py --source /path/to/layernorm.cu
-    python tools/cuda_emu/emulate_layernorm.py --case "dtype=f16 rows=9 C=768 fused=1 sms=2"
+    python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py   # the full sweep
+    python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py --jobs 8 --occupancy 1 2 8
+    python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py --source /path/to/layernorm.cu
+    python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py --case "dtype=f16 rows=9 C=768 fused=1 sms=2"
 
-Exit status 1 when a case fails. tests/kernels/layernorm/test_emulated.py imports this file
-(build, Case, run) and runs a reduced case set on every `make test`. See README.md.
+Exit status 1 when a case fails. test_emulated.py imports this file (build, Case, run; loaded
+by tests/kernels/conftest.py) and runs a reduced case set on every `make test`. See
+tools/cuda_emu/README.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import emulate
 
-DEFAULT_SOURCE = emulate.HERE.parents[1] / "packages/kernels/src/toykernels/csrc/layernorm.cu"
-RUNTIME_SOURCES = ("emu.cpp", "layernorm_harness.cpp")  # independent of the kernel source
+HERE = Path(__file__).resolve().parent
+DEFAULT_SOURCE = HERE.parents[2] / "packages/kernels/src/toykernels/csrc/layernorm.cu"
+HARNESS = HERE / "emulator_harness.cpp"
 
 
 def build(source: Path, out_dir: Path, cxx: str = "g++", runtime_from: Path | None = None) -> Path:
     """Transforms `source` (a layernorm.cu; its folder must hold layernorm.h), compiles it with
     the emulator and the harness, and links out_dir/layernorm_emu, which it returns.
 
-    runtime_from: an earlier build's folder whose emu.o and layernorm_harness.o are linked
+    runtime_from: an earlier build's folder whose emulator and harness objects are linked
     instead of compiling them again (they do not depend on the .cu file).
     """
-    return emulate.build(source, out_dir, "layernorm_emu", RUNTIME_SOURCES, cxx, runtime_from)
+    return emulate.build(source, HARNESS, out_dir, cxx, runtime_from=runtime_from)
 
 
 @dataclasses.dataclass(frozen=True)
 class Case(emulate.HarnessCase):
-    """One forward + backward call; see layernorm_harness.cpp for what each field means."""
+    """One forward + backward call; see emulator_harness.cpp for what each field means."""
 
     dtype: str  # f32, f16, bf16
     rows: int
@@ -95,14 +98,11 @@ def full_sweep() -> list[Case]:
     return cases
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """The command line (run by tools/cuda_emu/emulate.py): the full sweep or --case."""
     parser = emulate.argument_parser(__doc__, DEFAULT_SOURCE, "dtype=f16 rows=9 C=768")
     parser.add_argument("--occupancy", type=int, nargs="+", default=[2, 8],
         help="blocks per SM the occupancy query answers; the cases run once per value")  # fmt: skip
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = [(f"occupancy {n}: ", ["--occupancy", str(n)]) for n in args.occupancy]
     return emulate.main(args, Case, full_sweep, build, runs)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

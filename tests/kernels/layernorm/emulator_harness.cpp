@@ -1,5 +1,6 @@
-// layernorm_harness.cpp: runs the real LayerNorm launchers of layernorm.cu (the API of
-// layernorm.h) under the emulator and checks every output against a float64 reference.
+// emulator_harness.cpp (LayerNorm): runs the real LayerNorm launchers of layernorm.cu (the API
+// of layernorm.h) under the CUDA emulator (tools/cuda_emu) and checks every output against a
+// float64 reference. emulator_cases.py, beside it, builds it and runs its cases.
 //
 //   layernorm_emu [--occupancy N] [--report-launches] < cases
 //
