@@ -168,6 +168,17 @@ def progress(message):
     print("  ..", message, flush=True)
 
 
+class ModulePath:
+    """A decoding step through the nn.Modules (GPT.forward_cached on the one new token), in place
+    of toygpt's Decoder: the row that shows what the Decoder's plain copies buy."""
+
+    def __init__(self, model, kv_cache):
+        self.model, self.kv_cache = model, kv_cache
+
+    def step(self, token, pos):
+        return self.model.forward_cached(token.view(-1, 1), self.kv_cache, pos)  # (B, vocab_size)
+
+
 def bench_cpu(args):
     torch.set_num_threads(args.threads)
     # NOTE: with 2 OpenMP threads on 2 cores, any other busy process makes every parallel
@@ -206,6 +217,17 @@ def bench_cpu(args):
     t_nocache, b = timed(lambda: run_toygpt(n_long, use_cache=False), args.nocache_repeats)
     if not torch.equal(a, b):
         raise SystemExit("toygpt with and without the KV cache disagree on the greedy tokens")
+
+    # what the Decoder (the blocks' forward on plain copies of the modules) buys over the same
+    # steps through the nn.Modules: GPT.forward_cached on each new token
+    model.decoder = lambda cache: ModulePath(model, cache)  # shadows GPT.decoder for these runs
+    try:
+        if not torch.equal(run_toygpt(n), ours):
+            raise SystemExit("toygpt's Decoder and its modules disagree on the greedy tokens")
+        t_modules, _ = timed(lambda: run_toygpt(n), args.repeats)
+    finally:
+        del model.decoder
+    progress(f"toygpt through the modules {n} new tokens: {n / t_modules:.2f} tokens/s")
 
     # int8 weights (toygpt.quantize): the share of its greedy tokens that are fp32's, then its speed
     model_int8 = quantize(model, "int8")
@@ -248,6 +270,7 @@ def bench_cpu(args):
 
     rows = [
         ("toygpt (KV cache)", n, n / t_ours),
+        ("toygpt (KV cache), steps through the modules", n, n / t_modules),
         ("transformers generate(use_cache=True)", n, n / t_hf),
         ("toygpt (KV cache)", n_long, n_long / t_cache),
         ("toygpt (no cache)", n_long, n_long / t_nocache),
@@ -298,6 +321,7 @@ def bench_cpu(args):
           f"{bandwidth / 1e9:.1f} GB/s that is {1e3 * floor_bw:.1f} ms per token, so no fp32 decoder can beat "
           f"transformers here by more than {t_hf / n / floor_bw:.2f}x")
     print(f"toygpt / transformers at {n} new tokens: {t_hf / t_ours:.2f}x (goal >= 1.5)")
+    print(f"toygpt's Decoder / its modules at {n} new tokens: {t_modules / t_ours:.2f}x")
     print(f"KV cache / no cache at {n_long} new tokens: {t_nocache / t_cache:.2f}x (goal >= 5)")
     for name, _, tps in rows:
         if name == "CTranslate2 float32":

@@ -71,7 +71,8 @@ def test_toygpt_first_round_trip(tmp_path):
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["toygpt"] == {"block_size": 19, "dropout": 0.0, "bias": False}
+    assert config["toygpt"] == {"block_size": 19, "dropout": 0.0, "bias": False, "qkv_bias": False,
+                                "lm_head_bias": False, "init": "gpt2"}
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 97, (2, 19))
     logits, _ = toygpt_logits_loss(model, idx)
@@ -79,6 +80,46 @@ def test_toygpt_first_round_trip(tmp_path):
     again = GPT.from_pretrained(tmp_path).eval()
     assert again.config == model.config
     torch.testing.assert_close(toygpt_logits_loss(again, idx)[0], logits, atol=0, rtol=0)
+
+
+def test_relu_untied_checkpoint_from_transformers(make_hf_checkpoint, tmp_path):
+    """A transformers GPT-2 with ReLU and an untied head (its own lm_head.weight) loads into the
+    same function, and a toygpt model of that kind without q/k/v biases is written for
+    transformers with zero q/k/v biases and its own head."""
+    path, hf = make_hf_checkpoint(activation_function="relu", tie_word_embeddings=False)
+    assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
+    model = GPT.from_pretrained(path).eval()
+    assert (model.config.activation, model.config.tie_embeddings) == ("relu", False)
+    idx = torch.randint(0, 101, (2, 37))
+    torch.testing.assert_close(toygpt_logits_loss(model, idx)[0], hf_logits_loss(hf, idx)[0], atol=1e-5, rtol=0)
+
+    torch.manual_seed(2)
+    mine = GPT(GPTConfig(vocab_size=53, block_size=17, n_layer=2, n_head=2, n_embd=16, activation="relu",
+                         tie_embeddings=False, qkv_bias=False, init="torch")).eval()
+    mine.save_pretrained(tmp_path / "mine")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "mine").eval()
+    assert torch.all(back.transformer.h[0].attn.c_attn.bias == 0)
+    idx = torch.randint(0, 53, (3, 17))
+    torch.testing.assert_close(hf_logits_loss(back, idx)[0], toygpt_logits_loss(mine, idx)[0], atol=1e-5, rtol=0)
+    assert GPT.from_pretrained(tmp_path / "mine").config == mine.config
+
+
+def test_a_head_bias_is_kept_by_toygpt_and_refused_by_transformers(tmp_path):
+    """transformers' GPT-2 head has no bias: a model with one (mygpt-char) is written with its own
+    model_type, which toygpt reads back exactly and transformers refuses rather than drop the bias."""
+    torch.manual_seed(5)
+    model = GPT(GPTConfig.preset("mygpt-char", vocab_size=31, n_layer=1, block_size=16)).eval()
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "toygpt" and config["toygpt"]["lm_head_bias"] is True
+    again = GPT.from_pretrained(tmp_path).eval()
+    assert again.config == model.config
+    idx = torch.randint(0, 31, (2, 16))
+    assert torch.equal(again(idx)[0], model(idx)[0])
+    with pytest.raises(ValueError, match="toygpt"):
+        transformers.AutoConfig.from_pretrained(tmp_path)
 
 
 def test_parameter_names_are_gpt2s(make_hf_checkpoint):
@@ -126,8 +167,8 @@ def test_bad_paths_and_configs(tmp_path, make_hf_checkpoint):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ToyGPTError, match="not a directory"):
         GPT.from_pretrained(tmp_path / "file.txt")
-    path, _ = make_hf_checkpoint(activation_function="relu")
-    with pytest.raises(ToyGPTError, match="activation_function 'relu'"):
+    path, _ = make_hf_checkpoint(activation_function="gelu")  # erf GELU: not GPT-2's tanh GELU
+    with pytest.raises(ToyGPTError, match="activation_function 'gelu'"):
         GPT.from_pretrained(path)
 
 

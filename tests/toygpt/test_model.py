@@ -59,6 +59,27 @@ def test_initialization_statistics():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
+def test_torch_initialization_and_mygpt_parameters():
+    """init="torch" keeps each module's own initialization (nn.Linear: uniform in +-1/sqrt(fan_in);
+    nn.Embedding: N(0, 1)), and the mygpt-char preset has MyGPT's parameters: 816,705 for 65
+    characters (MyGPT/transformer.py's Transformer(65) counts the same)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=3000, block_size=64, n_layer=2, n_head=4, n_embd=256, **MYGPT_BLOCK))
+    sd = model.state_dict()
+    bound = 1 / math.sqrt(256)
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight", "lm_head.weight",
+                 "lm_head.bias", "transformer.h.0.attn.c_proj.bias"):
+        assert sd[name].abs().max().item() <= bound
+        assert sd[name].std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)  # uniform's sd
+    assert sd["transformer.h.0.mlp.c_proj.weight"].abs().max().item() <= 1 / math.sqrt(1024)
+    assert sd["transformer.wte.weight"].std().item() == pytest.approx(1.0, rel=0.05)
+    assert "transformer.h.0.attn.c_attn.bias" not in sd and "transformer.h.0.mlp.c_fc.bias" in sd
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    mygpt = GPT(GPTConfig.preset("mygpt-char", vocab_size=65))
+    assert sum(p.numel() for p in mygpt.parameters()) == 816_705
+    assert {k: getattr(mygpt.config, k) for k in MYGPT_BLOCK} == MYGPT_BLOCK
+
+
 def reference_forward(model, idx):
     """The same GPT written with torch's own ops in float64: nn.LayerNorm math, explicit
     masked softmax attention, and the unfused residual adds."""
@@ -83,15 +104,22 @@ def reference_forward(model, idx):
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         x = x + linear(y, p + "attn.c_proj")
-        h = F.gelu(linear(ln(x, p + "ln_2"), p + "mlp.c_fc"), approximate="tanh")
+        h = linear(ln(x, p + "ln_2"), p + "mlp.c_fc")
+        h = torch.clamp(h, min=0) if cfg.activation == "relu" else F.gelu(h, approximate="tanh")
         x = x + linear(h, p + "mlp.c_proj")
-    return ln(x, "transformer.ln_f") @ sd["transformer.wte.weight"].T
+    head = sd["transformer.wte.weight"] if cfg.tie_embeddings else sd["lm_head.weight"]
+    logits = ln(x, "transformer.ln_f") @ head.T
+    return logits + sd["lm_head.bias"] if cfg.lm_head_bias else logits
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_loss_against_float64_reference(bias):
+# dx-dtran/MyGPT's choices (the mygpt-char preset): relu, an untied head with a bias, no q/k/v bias
+MYGPT_BLOCK = dict(activation="relu", tie_embeddings=False, qkv_bias=False, lm_head_bias=True, init="torch")
+
+
+@pytest.mark.parametrize("options", [dict(bias=True), dict(bias=False), MYGPT_BLOCK], ids=["gpt2", "no-bias", "mygpt"])
+def test_forward_and_loss_against_float64_reference(options):
     torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=89, block_size=29, n_layer=3, n_head=3, n_embd=36, bias=bias)).eval()
+    model = GPT(GPTConfig(vocab_size=89, block_size=29, n_layer=3, n_head=3, n_embd=36, **options)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -164,6 +192,26 @@ def test_configure_optimizers_decays_matrices_only(tiny_gpt):
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == model.num_params(non_embedding=False)
+
+
+def test_decay_all_decays_every_parameter_as_torchs_adamw_does(tiny_gpt):
+    """decay_all (the mygpt-char recipe, MyGPT's `AdamW(model.parameters(), lr)`): one group with
+    every parameter once, and three steps land where torch's AdamW on model.parameters() does."""
+    model = tiny_gpt(**MYGPT_BLOCK)
+    twin = tiny_gpt(**MYGPT_BLOCK)
+    twin.load_state_dict(model.state_dict())
+    opt = model.configure_optimizers(0.01, 1e-2, (0.9, 0.999), "cpu", decay_all=True)
+    (group,) = opt.param_groups
+    assert group["weight_decay"] == 0.01 and len(group["params"]) == len(list(model.parameters()))
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2)  # torch's defaults: betas 0.9 / 0.999, decay 0.01
+    idx = torch.randint(0, 101, (2, 16))
+    for m, o in ((model, opt), (twin, ref)):
+        for _ in range(3):
+            o.zero_grad()
+            m(idx, idx)[1].backward()
+            o.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
 
 def test_fused_adamw_on_cpu_matches_the_for_loop(tiny_gpt):

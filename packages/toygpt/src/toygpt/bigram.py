@@ -43,8 +43,8 @@ class BigramLanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # the table is a 2-D weight, so it decays, as the GPT's embeddings do
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_all=False):
+        # the table is a 2-D weight, so it decays, as the GPT's embeddings do (decay_all or not)
         return adamw(self.parameters(), learning_rate, betas, device_type, weight_decay=weight_decay)
 
     # A bigram model has no state to cache: generation.py runs forward_cached on the window

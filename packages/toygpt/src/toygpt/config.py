@@ -16,6 +16,7 @@ from pathlib import Path
 
 from toygpt.errors import ToyGPTError
 from toygpt.flags import at_least, between, check_fields, flag, greater_than, one_of
+from toygpt.model_config import ACTIVATIONS, INITS
 from toygpt.presets import PRESETS, TRAIN_PRESETS
 
 # the range of every seed: numpy's SeedSequence takes no negatives, torch.manual_seed nothing past 2**64
@@ -39,6 +40,13 @@ class TrainConfig:
     block_size: int | None = flag(None, "context length in tokens (None: the preset's)", at_least(1))
     dropout: float | None = flag(None, "dropout rate (None: the preset's)", between(0, 1, hi_open=True))
     bias: bool | None = flag(None, "biases in Linear and LayerNorm (None: the preset's)")
+    activation: str | None = flag(None, "the MLP's nonlinearity, gelu (GPT-2's) or relu (None: the preset's)",
+                                  one_of(*ACTIVATIONS), metavar="NAME")
+    tie_embeddings: bool | None = flag(None, "the output projection is the token embedding (None: the preset's)")
+    qkv_bias: bool | None = flag(None, "a bias on the q/k/v projection (None: the preset's, else as --bias)")
+    lm_head_bias: bool | None = flag(None, "a bias on the output projection (None: the preset's)")
+    init: str | None = flag(None, "initialization: gpt2 (N(0, 0.02), scaled residual projections) or torch "
+                                  "(each module's default) (None: the preset's)", one_of(*INITS), metavar="NAME")
     # optimization
     batch_size: int = flag(16, "sequences per micro-batch, per process", at_least(1))
     grad_accum: int = flag(1, "micro-batches per optimizer step, per process", at_least(1))
@@ -48,7 +56,9 @@ class TrainConfig:
     warmup_iters: int = flag(0, "linear warmup steps", at_least(0))
     lr_decay_iters: int | None = flag(None, "steps of cosine decay (None: max_iters)", at_least(1))
     decay_lr: bool = flag(True, "warmup + cosine decay; off: constant learning_rate")
-    weight_decay: float = flag(0.1, "AdamW weight decay (on >=2-D parameters only)", at_least(0))
+    weight_decay: float = flag(0.1, "AdamW weight decay (on >=2-D parameters only, unless --decay-all)", at_least(0))
+    decay_all: bool = flag(False, "weight decay on every parameter, biases and LayerNorms too (torch's AdamW "
+                                  "on model.parameters())")
     beta1: float = flag(0.9, "AdamW beta1", between(0, 1, hi_open=True))
     beta2: float = flag(0.95, "AdamW beta2", between(0, 1, hi_open=True))
     grad_clip: float = flag(1.0, "clip the gradient norm to this (0: off)", at_least(0))
@@ -122,10 +132,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 
+# the GPTConfig fields a run's TrainConfig sets (vocab_size is the data's)
+MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "activation",
+                      "tie_embeddings", "qkv_bias", "lm_head_bias", "init")
 # this process's settings, not the run's: a resumed run takes them from the caller
 _PROCESS_FIELDS = {"resume", "overwrite", "progress", "out", "device", "compile"}
 # the model's own settings: the checkpoint's weights fix them
-_MODEL_FIELDS = {"preset", "n_layer", "n_head", "n_embd", "block_size", "bias"}
+_MODEL_FIELDS = {"preset", "n_layer", "n_head", "n_embd", "block_size", "bias", "activation", "tie_embeddings",
+                 "qkv_bias", "lm_head_bias", "init"}
 # settings a continued run is expected to change: applied without a note
 _CONTINUATION_FIELDS = {"max_iters", "eval_interval", "sample_tokens", "data", "hellaswag_every",
                         "hellaswag_data", "hellaswag_limit"}

@@ -8,10 +8,16 @@ names, so conversion is small:
   nn.Linear's (out, in): `c_attn`, `c_proj` (both) and `c_fc` weights are transposed.
 - The attention mask buffers (`attn.bias`, `attn.masked_bias`) in old checkpoints are dropped.
 - Keys may or may not start with `transformer.` (GPT2Model vs GPT2LMHeadModel checkpoints);
-  `lm_head.weight` is tied to `wte` and is neither needed nor written.
+  a tied `lm_head.weight` is `wte` and is neither needed nor written (an untied one is both,
+  with `tie_word_embeddings: false`, which transformers reads too).
+- GPT-2 has every bias but lm_head's: a toygpt model without some of them is written with
+  zeros there, which compute the same function.
 
 `save_pretrained` writes that format itself with safetensors (transformers is not needed),
-recording toygpt's own fields (block_size, dropout, bias) under "toygpt" in config.json.
+recording toygpt's own fields (block_size, dropout, the biases, init) under "toygpt" in
+config.json. One choice has no place in transformers' GPT-2: a bias on the output projection
+(GPTConfig.lm_head_bias, dx-dtran/MyGPT's head). Such a model is written with model_type
+"toygpt" (toygpt reads it; transformers refuses the type instead of dropping the bias).
 A toygpt checkpoint directory is such a directory plus an optional `tokenizer.json`.
 
 Hub names ('gpt2', 'gpt2-medium', or any GPT-2 repo id) resolve through the Hugging Face cache
@@ -33,6 +39,8 @@ from toygpt.model_config import GPTConfig
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 DROPPED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 _PROBE_SECONDS = 3.0
+ACTIVATIONS_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
+TOYGPT_MODEL_TYPE = "toygpt"  # a GPT-2 with a bias on lm_head: not a transformers GPT2LMHeadModel
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,11 +49,12 @@ _PROBE_SECONDS = 3.0
 
 def config_from_hf(cfg: dict, where: str = "config.json") -> GPTConfig:
     """GPTConfig from a GPT2Config dict; refuses settings toygpt's blocks do not implement."""
-    if cfg.get("model_type", "gpt2") != "gpt2":
+    if cfg.get("model_type", "gpt2") not in ("gpt2", TOYGPT_MODEL_TYPE):
         raise ToyGPTError(f"{where}: model_type is {cfg.get('model_type')!r}; toygpt loads GPT-2 (model_type 'gpt2')")
     act = cfg.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ToyGPTError(f"{where}: activation_function {act!r} is not supported (toygpt uses tanh GELU, 'gelu_new')")
+    if act not in ACTIVATIONS_FROM_HF:
+        raise ToyGPTError(f"{where}: activation_function {act!r} is not supported (toygpt has tanh GELU, "
+                          "'gelu_new', and 'relu')")
     n_embd = cfg.get("n_embd", 768)
     if cfg.get("n_inner") not in (None, 4 * n_embd):
         raise ToyGPTError(f"{where}: n_inner={cfg['n_inner']} is not supported (toygpt's MLP is 4 * n_embd)")
@@ -63,6 +72,11 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> GPTConfig:
             n_embd=n_embd,
             dropout=extra.get("dropout", cfg.get("resid_pdrop", 0.0)),
             bias=extra.get("bias", True),
+            activation=ACTIVATIONS_FROM_HF[act],
+            tie_embeddings=cfg.get("tie_word_embeddings", True),
+            qkv_bias=extra.get("qkv_bias"),
+            lm_head_bias=extra.get("lm_head_bias", False),
+            init=extra.get("init", "gpt2"),
         )
     except ToyGPTError as e:
         raise ToyGPTError(f"{where}: {e}") from None
@@ -79,15 +93,19 @@ def config_to_hf(config: GPTConfig) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": {"gelu": "gelu_new", "relu": "relu"}[config.activation],
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": 0.0,  # toygpt applies no dropout to attention probabilities
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "tie_word_embeddings": True,
-        "toygpt": {"block_size": config.block_size, "dropout": config.dropout, "bias": config.bias},
+        "tie_word_embeddings": config.tie_embeddings,
+        "toygpt": {"block_size": config.block_size, "dropout": config.dropout, "bias": config.bias,
+                   "qkv_bias": config.qkv_bias, "lm_head_bias": config.lm_head_bias, "init": config.init},
     }
+    if config.lm_head_bias:
+        cfg["model_type"] = TOYGPT_MODEL_TYPE
+        cfg["architectures"] = []
     if config.vocab_size > 50256:  # GPT-2's <|endoftext|>
         cfg["bos_token_id"] = cfg["eos_token_id"] = 50256
     return cfg
@@ -102,29 +120,42 @@ def hf_to_toygpt(state: dict, config: GPTConfig) -> dict:
     out = {}
     for key, tensor in state.items():
         name = key.removeprefix("transformer.")
-        if name.endswith(DROPPED_BUFFERS) or name == "lm_head.weight":
-            continue  # lm_head is tied to wte
+        if name.endswith(DROPPED_BUFFERS):
+            continue
+        if name.startswith("lm_head."):
+            if name == "lm_head.weight" and config.tie_embeddings:
+                continue  # tied to wte
+            out[name] = tensor
+            continue
         if name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        if not config.bias and name.endswith(".bias"):
-            continue  # a bias-free toygpt model saved for transformers carries zero biases
+        if name.endswith(".bias") and not has_bias(name, config):
+            continue  # a toygpt model without this bias, saved for transformers, carries zeros
         out["transformer." + name] = tensor
     return out
+
+
+def has_bias(name: str, config: GPTConfig) -> bool:
+    """Whether the toygpt model of `config` has the bias `name` (a transformer.* parameter)."""
+    return config.qkv_bias if name.endswith("attn.c_attn.bias") else config.bias
 
 
 def toygpt_to_hf(model) -> dict:
     """toygpt state dict -> transformers' names and layouts (zeros for biases toygpt lacks)."""
     out = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
+    state = model.state_dict()
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied: safetensors stores a tensor once, and transformers re-ties it
         if name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
         out[name] = tensor.detach().to("cpu").contiguous()
-        if not model.config.bias and name.endswith(".weight") and not name.endswith(("wte.weight", "wpe.weight")):
-            # transformers' GPT-2 always has biases: zeros compute the same function
+        bias = name.removesuffix(".weight") + ".bias"
+        if (name.startswith("transformer.") and name.endswith(".weight") and bias not in state
+                and not name.endswith(("wte.weight", "wpe.weight"))):
+            # transformers' GPT-2 has every Linear's and LayerNorm's bias: zeros compute the same function
             width = out[name].shape[-1]  # Conv1D (in, out) and LayerNorm (C,): the last dim
-            out[name.removesuffix(".weight") + ".bias"] = torch.zeros(width, dtype=tensor.dtype)
+            out[bias] = torch.zeros(width, dtype=tensor.dtype)
     return out
 
 
@@ -217,7 +248,8 @@ def _json_keys(file: Path) -> dict:
 
 def load_checked(model, state: dict, where: str) -> None:
     """load_state_dict with errors that name the parameter and both shapes."""
-    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    expected = {k: v for k, v in model.state_dict().items()
+                if not (k == "lm_head.weight" and model.config.tie_embeddings)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:

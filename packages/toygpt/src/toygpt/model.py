@@ -3,7 +3,9 @@
 The nanoGPT pattern (Karpathy, 2022): a dataclass config, modules named exactly as in OpenAI's
 GPT-2 checkpoint (`transformer.wte`, `h.N.attn.c_attn`, `ln_f`, ...) so the released weights load
 without a rename table (hf.py only transposes the Conv1D weights), pre-LN blocks, tanh GELU,
-GPT-2's initialization, and `lm_head` tied to `wte`.
+GPT-2's initialization, and `lm_head` tied to `wte`. GPTConfig's other choices (ReLU, an untied
+head with a bias, no q/k/v bias, torch's default initialization) make the same blocks into
+other small GPTs, such as dx-dtran/MyGPT's character model (the `mygpt-char` preset).
 
 Every LayerNorm and every attention call goes through toykernels, so the fused CUDA kernels run
 on a GPU and PyTorch ops run on a CPU. Inside a block the second residual add is fused with ln_2
@@ -15,16 +17,14 @@ positions with the causal mask aligned bottom-right (Tq <= Tk).
 
 `forward(idx, targets)` always returns logits for every position (as transformers does; this is
 what the equivalence tests compare). Generation runs the prompt through `forward_cached`, which
-returns logits for the last position only, and then each new token through
-`Decoder` (below Block): the same functions (`attend`, `gelu`, toykernels' ops) in Block.forward's
-order for one position, over parameters read once, without the module machinery.
+returns logits for the last position only, and then each new token through `Decoder` (below
+GPT): the blocks' own forward methods, run on plain copies of the modules that skip the
+nn.Module machinery.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         # q, k, v for all heads in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         # NOTE: no dropout on the attention probabilities: the fused kernel has none, so dropout
         # is applied to the residual branch only (nanoGPT applies it in both places).
@@ -83,15 +83,19 @@ def gelu(x):
     return F.gelu(x, approximate="tanh")
 
 
+ACTIVATIONS = {"gelu": gelu, "relu": F.relu}  # GPTConfig.activation
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x):
-        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -111,86 +115,6 @@ class Block(nn.Module):
         return x + self.mlp(h)
 
 
-class BlockWeights(NamedTuple):
-    """One Block's parameters as plain tensors, and its Linear layers as plain calls x -> y
-    (biases None when the config has none)."""
-
-    ln_1_weight: torch.Tensor
-    ln_1_bias: torch.Tensor | None
-    c_attn: Callable[[torch.Tensor], torch.Tensor]
-    attn_proj: Callable[[torch.Tensor], torch.Tensor]
-    ln_2_weight: torch.Tensor
-    ln_2_bias: torch.Tensor | None
-    c_fc: Callable[[torch.Tensor], torch.Tensor]
-    mlp_proj: Callable[[torch.Tensor], torch.Tensor]
-    eps: float  # of ln_1 and ln_2 (GPT-2: 1e-5 for every LayerNorm)
-
-
-def linear_call(module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module(x)` without the nn.Module machinery: F.linear on an nn.Linear's own tensors, taken
-    once (the same tensor objects, so weights changed in place are seen, as the Decoder promises);
-    any other layer that maps x -> y (an int8 dynamically quantized Linear, see toygpt.quantize)
-    is called as it is."""
-    if type(module) is nn.Linear:
-        weight, bias = module.weight, module.bias  # not looked up through the module on every call
-        return lambda x: F.linear(x, weight, bias)
-    return module
-
-
-class Decoder:
-    """The decoding step with a KV cache: one new token per row through the whole model.
-
-    It runs Block.forward's steps with the same functions (toykernels' layer_norm and
-    add_layer_norm, `attend`, `gelu`), for a single position, as a flat run of calls
-    over the parameters read once into tuples. At batch 1 each call does little work
-    (a GEMV, a LayerNorm of 768 numbers), so the nn.Module machinery around the calls (hooks,
-    attribute lookups through `_modules`, dropout modules that do nothing in eval mode, the
-    (B, T, C) bookkeeping for T = 1) costs about as much as all the non-matmul math: on GPT-2
-    small and a CPU it halves the Python time of a step. What that buys end to end (GPT-2
-    small, fp32, batch 1, one CPU thread, 24 tokens after a 16-token prompt): 48.8 ms a token,
-    against 50.4 ms for `forward_cached` on the new token through the modules, about 3%; the
-    share grows where the matmuls are fast (a GPU at batch 1). LayerNorm and attention still go
-    through toykernels. The tests hold it to the module path (generation without the cache
-    runs `GPT.forward_cached`) and to transformers, token for token.
-
-    The parameters are read when the Decoder is made (once per `generate` call), so a later
-    change of weights in place is seen; replacing a module is not.
-    """
-
-    def __init__(self, model, kv_cache):
-        cfg = model.config
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.kv_cache = kv_cache
-        tr = model.transformer
-        self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
-        self.ln_f = (tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
-        self.lm_head = linear_call(model.lm_head)  # tied to wte (in float; an int8 copy once quantized)
-        self.blocks = [
-            BlockWeights(
-                b.ln_1.weight, b.ln_1.bias, linear_call(b.attn.c_attn), linear_call(b.attn.c_proj),
-                b.ln_2.weight, b.ln_2.bias, linear_call(b.mlp.c_fc), linear_call(b.mlp.c_proj), b.ln_2.eps,
-            )
-            for b in tr.h
-        ]
-
-    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """token (B,) at position pos (pos < block_size; positions 0 .. pos-1 are in the cache)
-        -> next-token logits (B, vocab_size). Writes this position's keys and values."""
-        B, C, nh = token.shape[0], self.n_embd, self.n_head
-        x = F.embedding(token, self.wte) + self.wpe[pos]  # (B, C)
-        for w, (k_buf, v_buf) in zip(self.blocks, self.kv_cache):
-            h = toykernels.layer_norm(x, w.ln_1_weight, w.ln_1_bias, w.eps)  # (B, C)
-            qkv = w.c_attn(h)  # (B, 3C): q, k, v side by side
-            # one query, the last position: it sees every cached key
-            y = attend(qkv.view(B, 1, 3 * C), nh, (k_buf, v_buf), pos)  # (B, 1, C)
-            a = w.attn_proj(y.view(B, C))  # (B, C): heads side by side
-            x, h = toykernels.add_layer_norm(x, a, w.ln_2_weight, w.ln_2_bias, w.eps)
-            m = gelu(w.c_fc(h))  # (B, 4C)
-            x = x + w.mlp_proj(m)
-        weight, bias, eps = self.ln_f
-        return self.lm_head(toykernels.layer_norm(x, weight, bias, eps))  # (B, vocab_size)
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -204,16 +128,18 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=toykernels.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying (Press & Wolf, 2017), as GPT-2: the output projection is the embedding
-        self.lm_head.weight = self.transformer.wte.weight
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)
+        if config.tie_embeddings:
+            # weight tying (Press & Wolf, 2017), as GPT-2: the output projection is the embedding
+            self.lm_head.weight = self.transformer.wte.weight
         self.tokenizer = None  # set by from_pretrained / the trainer; used by text generation
-        self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since each block adds two
-        # of them to the residual stream and its variance would otherwise grow with depth
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.init == "gpt2":  # else "torch": each module keeps the initialization it was made with
+            self.apply(self._init_weights)
+            # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since each block adds two
+            # of them to the residual stream and its variance would otherwise grow with depth
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -224,8 +150,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the position embeddings (the token embeddings
-        count once, as lm_head: they are tied), as nanoGPT reports it."""
+        """Parameter count; by default without the position embeddings (tied token embeddings
+        count once, as lm_head), as nanoGPT reports it."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
@@ -285,10 +211,13 @@ class GPT(nn.Module):
         """The one-position decoding step over kv_caches (generation.py's loop calls it)."""
         return Decoder(self, kv_caches)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices (>= 2-D: Linear weights, embeddings) only;
-        biases and LayerNorm parameters are not decayed. Fused on CUDA and CPU (`adamw`)."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_all=False):
+        """AdamW with weight decay on matrices (>= 2-D: Linear weights, embeddings) only, as
+        nanoGPT; biases and LayerNorm parameters are not decayed, unless decay_all (torch's AdamW
+        on model.parameters(), as dx-dtran/MyGPT). Fused on CUDA and CPU (`adamw`)."""
         params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        if decay_all:
+            return adamw(params, learning_rate, betas, device_type, weight_decay=weight_decay)
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [
@@ -327,6 +256,83 @@ class GPT(nn.Module):
         return generation.generate(
             self, idx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, **kwargs
         )
+
+
+class Plain:
+    """A module's attributes as plain Python attributes, without the nn.Module machinery; the
+    subclasses that `plain` makes run the module class's own `forward` when called."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+
+PLAIN_CLASSES: dict[type, type] = {}
+
+
+def plain(module):
+    """A copy of `module` for decoding: each submodule of a class in PLAIN_CLASSES becomes an
+    instance of its Plain twin (the same attributes, the same `forward`); an nn.Linear becomes
+    F.linear on its own weight and bias (the same tensor objects: weights changed in place are
+    seen); dropout, the identity in eval mode, becomes nothing; any other layer that maps
+    x -> y (an int8 dynamically quantized Linear, see toygpt.quantize) is kept as it is."""
+    if type(module) is nn.Linear:
+        weight, bias = module.weight, module.bias  # not looked up through the module on every call
+        return lambda x: F.linear(x, weight, bias)
+    if isinstance(module, nn.Dropout):
+        return _identity
+    twin = PLAIN_CLASSES.get(type(module))
+    if twin is None:
+        return module
+    attributes = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
+    attributes.update(module._parameters)
+    attributes.update({name: plain(child) for name, child in module._modules.items()})
+    return twin(**attributes)
+
+
+def _identity(x):
+    return x
+
+
+for _cls in (toykernels.LayerNorm, CausalSelfAttention, MLP, Block):
+    PLAIN_CLASSES[_cls] = type(f"Plain{_cls.__name__}", (Plain,), {"__call__": _cls.forward})
+
+
+class Decoder:
+    """The decoding step with a KV cache: one new token per row through the whole model.
+
+    Each block runs `Block.forward` (and through it CausalSelfAttention's, MLP's and
+    LayerNorm's forward): the math of a block is written once, in the modules. What the decoder
+    leaves out is the machinery around them: it calls the forward methods on plain copies of the
+    modules (`plain`), made when the Decoder is made (once per `generate` call), with the
+    Linear layers as F.linear calls and no dropout. At batch 1 each call does little work (a
+    GEMV, a LayerNorm of 768 numbers), and the nn.Module call (hooks, attribute lookups through
+    `_modules`, dropout modules that do nothing in eval mode) costs about as much as the
+    non-matmul math around it. What that buys (fp32, batch 1, one thread, an Intel Xeon, medians
+    of 15 paired runs): 0.56 against 0.78 ms a token for a 4-layer, 128-channel model, 47.3
+    against 49.1 ms for GPT-2 small; tools/bench_generate.py reports it for GPT-2 small (the
+    row "steps through the modules"). The tests hold it to the module path (generation without
+    the cache runs `GPT.forward_cached`) and to transformers, token for token.
+
+    A later change of weights in place is seen; replacing a module is not.
+    """
+
+    def __init__(self, model, kv_cache):
+        tr = model.transformer
+        self.kv_cache = kv_cache
+        self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
+        self.blocks = [plain(block) for block in tr.h]
+        self.ln_f = plain(tr.ln_f)
+        self.lm_head = plain(model.lm_head)  # tied to wte or not (an int8 copy once quantized)
+
+    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """token (B,) at position pos (pos < block_size; positions 0 .. pos-1 are in the cache)
+        -> next-token logits (B, vocab_size). Writes this position's keys and values."""
+        B = token.shape[0]
+        x = F.embedding(token, self.wte) + self.wpe[pos]  # (B, C)
+        x = x.unsqueeze(1)  # (B, 1, C): one position, which sees every cached key
+        for block, kv_cache in zip(self.blocks, self.kv_cache):
+            x = block(x, kv_cache, pos)  # Block.forward
+        return self.lm_head(self.ln_f(x.view(B, -1)))  # (B, vocab_size)
 
 
 def adamw(params, learning_rate, betas, device_type, weight_decay=0.0) -> torch.optim.AdamW:

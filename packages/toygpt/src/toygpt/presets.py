@@ -26,12 +26,16 @@ PRESETS: dict[str, Preset] = {
     # 0.9 / 0.999) and no gradient clipping
     "bigram": Preset(None, dict(block_size=8, batch_size=32, max_iters=3000, learning_rate=1e-2, decay_lr=False,
                                 weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=300, eval_iters=200)),
-    # dx-dtran/MyGPT's character model: context 64, 128 channels, 8 heads, 4 layers, batch 16, and
-    # torch's AdamW defaults at lr 1e-3 (weight decay 0.01, betas 0.9 / 0.999), no gradient clipping
+    # dx-dtran/MyGPT's character model (MyGPT/transformer.py, pretrain.py): context 64, 128
+    # channels, 8 heads, 4 layers; a ReLU MLP, q/k/v without bias, an output projection of its own
+    # with a bias, every module with torch's default initialization; batch 16 and torch's AdamW
+    # defaults on every parameter at lr 1e-3 (weight decay 0.01, betas 0.9 / 0.999), constant, no
+    # gradient clipping
     "mygpt-char": Preset(
-        dict(n_layer=4, n_head=8, n_embd=128, block_size=64, dropout=0.0, vocab_size=None),
-        dict(bias=True, batch_size=16, max_iters=5000, learning_rate=1e-3, decay_lr=False,
-             weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_iters=50)),
+        dict(n_layer=4, n_head=8, n_embd=128, block_size=64, dropout=0.0, vocab_size=None, bias=True,
+             activation="relu", tie_embeddings=False, qkv_bias=False, lm_head_bias=True, init="torch"),
+        dict(batch_size=16, max_iters=5000, learning_rate=1e-3, decay_lr=False, weight_decay=0.01,
+             decay_all=True, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_iters=50)),
     # nanoGPT's "baby GPT", config/train_shakespeare_char.py (the recipe turns the biases off;
     # the shape alone keeps GPTConfig's default, biases on)
     "shakespeare-char": Preset(

@@ -45,10 +45,11 @@ def quantize(model, mode: str = "int8"):
     if "fbgemm" not in engines and "x86" not in engines:
         raise ToyGPTError(f"quantize {mode}: this torch has no x86 int8 kernels (quantized engines: {engines})")
     q = copy.deepcopy(model).eval()
-    # the tied output projection gets its own copy, so that quantizing it leaves wte float
-    untied = nn.Linear(q.config.n_embd, q.config.vocab_size, bias=False)
-    untied.weight = nn.Parameter(q.transformer.wte.weight.detach().clone(), requires_grad=False)
-    q.lm_head = untied
+    if q.config.tie_embeddings:
+        # the tied output projection gets its own copy, so that quantizing it leaves wte float
+        untied = nn.Linear(q.config.n_embd, q.config.vocab_size, bias=False)
+        untied.weight = nn.Parameter(q.transformer.wte.weight.detach().clone(), requires_grad=False)
+        q.lm_head = untied
     with warnings.catch_warnings():
         # NOTE: torch points eager-mode quantization users to torchao; these modules are still
         # torch's own and exactly what a CPU decoder needs, without another dependency

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from toygpt import checkpoint
 from toygpt.batches import TokenBatches
 from toygpt.config import (  # noqa: F401 (TrainConfig's home is toygpt.config; importable here too)
+    MODEL_SHAPE_FIELDS,
     SEED_RANGE,
     TrainConfig,
     config_from_args,
@@ -73,7 +74,7 @@ def build_model(cfg: TrainConfig, vocab_size: int):
         return BigramLanguageModel(BigramConfig(vocab_size=vocab_size, block_size=cfg.block_size))
     from toygpt.model import GPT, GPTConfig
 
-    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")}
+    shape = {k: getattr(cfg, k) for k in MODEL_SHAPE_FIELDS}
     return GPT(GPTConfig(vocab_size=vocab_size, **{k: v for k, v in shape.items() if v is not None}))
 
 
@@ -127,7 +128,7 @@ class Trainer:
         ptdtype = autocast_dtype(cfg.dtype, self.device_type)
         model.to(self.device)
         self.optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                                    self.device_type)
+                                                    self.device_type, decay_all=cfg.decay_all)
         self.autocast = autocast_context(ptdtype, self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=ptdtype == torch.float16)
         self.start_step = 0

@@ -1,9 +1,12 @@
 """toygrad-train-gpt: train a character-level GPT on a text file with toygrad's own backward pass.
 
-The defaults are toygpt's `mygpt-char` preset, shape and recipe (context 64, 128 channels,
-8 heads, 4 layers, no dropout; batch 16, AdamW lr 1e-3 constant, betas (0.9, 0.999), weight
-decay 0.01 on matrices, no gradient clipping), so its loss curve is comparable with
-`toygpt train --preset mygpt-char`'s:
+The defaults are the sizes and recipe of toygpt's `mygpt-char` preset (context 64, 128
+channels, 8 heads, 4 layers, no dropout; batch 16, AdamW lr 1e-3 constant, betas (0.9, 0.999),
+weight decay 0.01, no gradient clipping) on GPT-2's block (tanh GELU, a head tied to the token
+embedding, GPT-2's initialization, decay on matrices only), which toygrad's GPT is. The preset
+itself is dx-dtran/MyGPT's block (ReLU, its own head with a bias, torch's initialization, decay
+on every parameter); `toygpt train --preset mygpt-char --activation gelu --tie-embeddings
+--qkv-bias --no-lm-head-bias --init gpt2 --no-decay-all` is this model:
 
     toygrad-train-gpt ../shared/data/tinyshakespeare/input.txt --steps 300
 
@@ -40,7 +43,8 @@ def _f(default, **bounds):
 
 @dataclass
 class TrainConfig:
-    """The flags; defaults are toygpt's `mygpt-char` preset (toygpt/presets.py; a test holds them equal)."""
+    """The flags; defaults are the sizes and recipe of toygpt's `mygpt-char` preset
+    (toygpt/presets.py; a test holds them equal)."""
 
     # sizes are checked by train() (at least 1); _f gives the other flags' ranges, checked as parsed
     steps: int = 300  # optimizer steps
