@@ -518,8 +518,13 @@ uint32_t shared_address(const void* generic) {
   if (dyn.mapping != nullptr && p >= dyn.base && p <= dyn.base + dyn.bytes) {
     return kDynamicWindow + static_cast<uint32_t>(p - dyn.base);
   }
+  // NOTE: inside an array first, its end (a loop's bound) second: the compiler may put two
+  // __shared__ arrays back to back, and then the end of one is the start of the next
   for (const SharedArray& a : shared_arrays) {
-    if (p >= a.host && p <= a.host + a.bytes) return a.window + static_cast<uint32_t>(p - a.host);
+    if (p >= a.host && p < a.host + a.bytes) return a.window + static_cast<uint32_t>(p - a.host);
+  }
+  for (const SharedArray& a : shared_arrays) {
+    if (p == a.host + a.bytes) return a.window + static_cast<uint32_t>(a.bytes);
   }
   error("%s: __cvta_generic_to_shared(%p): not a shared-memory address (undefined on a GPU)",
         running_kernel ? running_kernel : "?", generic);
