@@ -1,7 +1,8 @@
-// harness.h: what the harnesses (layernorm_harness.cpp, attention_harness.cpp) share: element
-// type conversions, guarded buffers, the CHECK macro, reading a case's "key=value" words, and
-// the loop that runs the cases read from stdin and reports them (see a harness's header comment
-// for the protocol). Each harness includes it once, after emu.h.
+// harness.h: what every harness (an op's emulator_harness.cpp beside its tests, the engine's
+// selftest/selftest_harness.cpp) shares: element type conversions, guarded buffers, the CHECK
+// macro, reading a case's "key=value" words, and the loop that runs the cases read from stdin
+// and reports them (see a harness's header comment for the protocol). Each harness includes it
+// once, after emu.h.
 #pragma once
 
 #include <cmath>
