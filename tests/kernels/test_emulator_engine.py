@@ -97,3 +97,42 @@ def test_bug_is_caught(test, selftest_result):
     problem = selftest_result.failures.get(test)
     assert problem is not None, f"{test}: not caught\n{selftest_result.report()}"
     assert re.search(MUST_CATCH[test], problem), problem
+
+
+# ---- planted bugs' anchors (emulate.code_spans, emulate.planted_copy) ----
+SOURCE = """\
+__global__ void k(float* s, int n) {
+  s[0] = 1.f;
+  __syncthreads();  // the writes are done: __syncthreads(); here
+  const char* text = "// not a comment";
+  if (n > 0) s[1] = s[0]; /* if (n > 0) s[1] = s[0]; */
+}
+"""
+
+
+def test_an_anchor_matches_code_whatever_the_comments_and_whitespace():
+    anchor = "s[0] = 1.f; __syncthreads(); const char* text"
+    assert len(emulate.code_spans(SOURCE, anchor)) == 1
+    assert len(emulate.code_spans(SOURCE, "s [ 0 ]=1.f;")) == 1
+    assert len(emulate.code_spans(SOURCE, '"// not a comment";')) == 1  # a string is code
+
+
+def test_an_anchor_never_matches_inside_comments_or_words():
+    assert emulate.code_spans(SOURCE, "if (n > 0) s[1] = s[0];") == [
+        (SOURCE.index("if (n > 0)"), SOURCE.index("; /*") + 1)
+    ]
+    assert emulate.code_spans(SOURCE, "the writes are done") == []
+    assert emulate.code_spans(SOURCE, "float*s") != [] and emulate.code_spans(SOURCE, "floats") == []
+
+
+def test_planted_copy_replaces_the_one_match_and_refuses_any_other_count(tmp_path):
+    source = tmp_path / "src" / "k.cu"
+    source.parent.mkdir()
+    source.write_text(SOURCE)
+    (source.parent / "k.h").write_text("// a header the .cu file includes\n")
+    copy = emulate.planted_copy(source, "s[0] = 1.f; __syncthreads();", "s[0] = 1.f;", tmp_path / "a")
+    assert copy.read_text() == SOURCE.replace("1.f;\n  __syncthreads();", "1.f;")
+    assert (copy.parent / "k.h").is_file()
+    for k, anchor in enumerate(["__syncthreads(); __syncthreads();", "s[0]"]):  # none; two
+        with pytest.raises(ValueError, match="not once"):
+            emulate.planted_copy(source, anchor, "", tmp_path / f"b{k}")

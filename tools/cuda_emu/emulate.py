@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -116,16 +117,55 @@ def build(
     return binary
 
 
-def planted_copy(source: Path, old: str, new: str, folder: Path) -> Path | None:
-    """Copies the folder of `source` (the .cu file and its headers) to folder/csrc, replaces
-    `old` with `new` in the copy of `source` and returns that copy; None when `source` does not
-    hold `old` exactly once (it has changed since the bug was written)."""
+# ---- planted bugs: a change to a copy of the source, anchored on its code ----
+# C/C++ comments and string/char literals, in the order a scanner meets them: a "//" inside a
+# string is no comment, a quote inside a comment no string.
+_COMMENT_OR_LITERAL = re.compile(
+    r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.S
+)
+# a token of code: a string or char literal, a word (identifier, number), one other character
+_TOKEN = re.compile(r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|\w+|\S")
+
+
+def blank_comments(text: str) -> str:
+    """`text` with every comment replaced by spaces (newlines kept): the same length, so a
+    match in it is a match at the same place in `text`."""
+
+    def blank(m: re.Match) -> str:
+        s = m.group()
+        return re.sub(r"[^\n]", " ", s) if s[0] == "/" else s
+
+    return _COMMENT_OR_LITERAL.sub(blank, text)
+
+
+def code_pattern(code: str) -> re.Pattern:
+    """A pattern that matches the tokens of `code` (its comments dropped) with any whitespace
+    between them, and none inside them: "a < b" matches "a<b" but "int x" never "intx"."""
+    tokens = _TOKEN.findall(blank_comments(code))
+    if not tokens:
+        raise ValueError(f"no code in the anchor {code!r}")
+    parts = [r"\b" + t + r"\b" if re.fullmatch(r"\w+", t) else re.escape(t) for t in tokens]
+    return re.compile(r"\s*".join(parts))
+
+
+def code_spans(text: str, code: str) -> list[tuple[int, int]]:
+    """Where the tokens of `code` occur in `text`, comments and whitespace aside."""
+    return [m.span() for m in code_pattern(code).finditer(blank_comments(text))]
+
+
+def planted_copy(source: Path, anchor: str, new: str, folder: Path) -> Path:
+    """Copies the folder of `source` (the .cu file and its headers) to folder/csrc, replaces the
+    code that `anchor` names (its tokens, whatever the comments and whitespace: see
+    code_spans) with `new` in the copy of `source`, and returns that copy. A ValueError when
+    the anchor does not occur exactly once (the source has changed since the bug was written)."""
     text = source.read_text()
-    if text.count(old) != 1:
-        return None
+    spans = code_spans(text, anchor)
+    if len(spans) != 1:
+        raise ValueError(f"the anchor occurs {len(spans)} times in {source.name}, not once: {anchor!r}")
+    (start, end), = spans
     shutil.copytree(source.parent, folder / "csrc")
     copy = folder / "csrc" / source.name
-    copy.write_text(text.replace(old, new))
+    copy.write_text(text[:start] + new + text[end:])
     return copy
 
 

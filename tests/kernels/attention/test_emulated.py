@@ -53,8 +53,9 @@ def test_reduced_case_set_launches_every_kernel_instantiation(reduced_result):
     assert not never, f"no case in reduced_cases() reaches these kernels (add one): {never}"
 
 
-# Planted bugs: text in attention.cu, its replacement, cases that must catch it, and a pattern
-# that the failure must match (it is caught for the reason it was planted).
+# Planted bugs: code in attention.cu (an anchor: its tokens, whatever the comments and the
+# whitespace between them; it must occur exactly once), its replacement, cases that must catch
+# it, and a pattern that the failure must match (it is caught for the reason it was planted).
 TC_CASES = [
     Case("f16", 64, 65, 64),
     Case("bf16", 129, 130, 32, "cache", H=2),
@@ -64,23 +65,23 @@ PLANTED_BUGS = {
     # the copies of the tile being computed are never waited for: they have not landed (the
     # emulator lands a cp.async at its wait_group in half of the blocks), so shared memory is NaN
     "forward without its cp.async wait_group 1": (
-        "      cp_async_wait<1>();  // everything but the prefetch has landed\n",
-        "\n",
+        "cp_async_commit(); cp_async_wait<1>(); } else {",
+        "cp_async_commit();\n    } else {",
         TC_CASES,
         r"^(lse|out)\[.*nan",
     ),
     # a thread's cp.async lands at its own wait; the rows other threads copied need the barrier
     "forward without the __syncthreads after the wait": (
-        "      cp_async_wait<0>();\n    }\n    __syncthreads();\n",
-        "      cp_async_wait<0>();\n    }\n",
+        "cp_async_wait<0>(); } __syncthreads(); if (n == 0) {",
+        "cp_async_wait<0>();\n    }\n    if (n == 0) {",
         TC_CASES,
         r"^(lse|out)\[",
     ),
     # a warp running ahead prefetches into the stage the others still read (cp.async lands at
     # issue in the other half of the blocks)
     "forward without the __syncthreads before the next prefetch": (
-        "    __syncthreads();  // this stage is refilled by the prefetch of the next iteration\n",
-        "\n",
+        "__syncthreads(); } l_0 += __shfl_xor_sync(0xffffffff, l_0, 1);",
+        "}\n  l_0 += __shfl_xor_sync(0xffffffff, l_0, 1);",
         TC_CASES,
         r"^(lse|out)\[",
     ),
@@ -101,39 +102,38 @@ PLANTED_BUGS = {
     # lanes read scores that other lanes of the warp have not stored yet (WMMA stores land lane
     # by lane)
     "dQ (tensor cores) without its __syncwarp": (
-        "s.dout[warp * 16], s.v);  // dP\n    __syncwarp();\n",
-        "s.dout[warp * 16], s.v);  // dP\n",
+        "tc_rows_times_rows_t<T, D>(&s.dp[warp][0][0], &s.dout[warp * 16], s.v); __syncwarp();",
+        "tc_rows_times_rows_t<T, D>(&s.dp[warp][0][0], &s.dout[warp * 16], s.v);",
         TC_CASES,
         r"^dq\[",
     ),
     # fp32 forward: lanes read the scaled query row before the other lanes have written it
     "fp32 forward without its __syncwarp": (
-        "  __syncwarp();\n\n  const int last = row + (Tk - Tq);",
-        "\n\n  const int last = row + (Tk - Tq);",
+        "__syncwarp(); const int last = row + (Tk - Tq);",
+        "const int last = row + (Tk - Tq);",
         [Case("f32", 17, 17, 64, "qkv", H=2)],
         r"^(lse|out)\[.*nan",
     ),
     # fp32 dK/dV: the first query tile that sees a key tile is skipped when its last query is
     # the first one to see it
     "fp32 dK/dV first query tile off by one": (
-        "const int first = max(0, n0 - offset);\n  for (int i0 = (first / kBwdB) * kBwdB;",
+        "const int first = max(0, n0 - offset); for (int i0 = (first / kBwdB) * kBwdB;",
         "const int first = max(0, n0 - offset + 1);\n  for (int i0 = (first / kBwdB) * kBwdB;",
         [Case("f32", 64, 65, 32)],
         r"^d[kv]\[",
     ),
     # not a kernel bug: an instruction the emulator does not model (m16n8k8) must be an error
     "an unmodelled PTX instruction": (
-        '"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}',
-        '"mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}',
+        '"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "',
+        '"mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "',
         [Case("f16", 17, 17, 32)],
         r"^emulator error: inline PTX .*m16n8k8",
     ),
     # 87 KB of dynamic shared memory (D = 128) without raising the 48 KB default: the launch
     # fails, as on a GPU
     "forward without cudaFuncSetAttribute": (
-        "    cudaError_t err = cudaFuncSetAttribute(attention_fwd_tc<T, D>,\n"
-        "                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);\n"
-        "    if (err != cudaSuccess) return err;\n",
+        "cudaError_t err = cudaFuncSetAttribute(attention_fwd_tc<T, D>, "
+        "cudaFuncAttributeMaxDynamicSharedMemorySize, smem); if (err != cudaSuccess) return err;",
         "",
         [Case("bf16", 17, 17, 128)],
         r"forward returned error 1$",
@@ -141,16 +141,24 @@ PLANTED_BUGS = {
 }
 
 
+@pytest.mark.parametrize("bug", list(PLANTED_BUGS))
+def test_planted_bug_anchor_occurs_once(bug):
+    """A refactor that removes or duplicates an anchor fails here, before anything is built."""
+    spans = emulate.code_spans((CSRC / "attention.cu").read_text(), PLANTED_BUGS[bug][0])
+    assert len(spans) == 1, f"attention.cu has changed: update the planted bug {bug!r}"
+
+
 @pytest.fixture(scope="module")
 def planted_results(emulator, cxx, tmp_path_factory):
     """Every planted bug's copy of the source, built and run, two at a time (2 cores)."""
 
     def build_and_run(bug):
-        old, new, cases, _ = PLANTED_BUGS[bug]
+        anchor, new, cases, _ = PLANTED_BUGS[bug]
         folder = tmp_path_factory.mktemp("planted")
-        source = emulate.planted_copy(CSRC / "attention.cu", old, new, folder)
-        if source is None:
-            return f"attention.cu has changed: update the planted bug {bug!r}"
+        try:
+            source = emulate.planted_copy(CSRC / "attention.cu", anchor, new, folder)
+        except ValueError as e:  # the anchor is gone or not unique (see the test above)
+            return str(e)
         binary = emu.build(source, folder / "build", cxx, runtime_from=emulator.parent)
         return emu.run(binary, cases, jobs=1, timeout=120)
 

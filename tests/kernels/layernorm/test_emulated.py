@@ -91,22 +91,23 @@ def test_full_occupancy_cases_pass(emulator):
     assert result.passed(len(FULL_OCCUPANCY_CASES)), result.report()
 
 
-# Planted bugs: text in layernorm.cu, its replacement, cases that must catch it, and a
-# pattern that the failure must match (it is caught for the reason it was planted).
+# Planted bugs: code in layernorm.cu (an anchor: its tokens, whatever the comments and the
+# whitespace between them; it must occur exactly once), its replacement, cases that must catch
+# it, and a pattern that the failure must match (it is caught for the reason it was planted).
 PLANTED_BUGS = {
     # a race that the run-ahead scheduler exposes: a warp running ahead overwrites its sum in
     # shared memory for the next row_sum before the other warps have read the previous one
     "row_sum without its first __syncthreads": (
-        "__syncthreads();  // the previous row_sum's readers are done with s",
-        "// (barrier removed)",
+        "float* s = smem + threadIdx.y * 32; __syncthreads(); if (lane == 0) s[warp] = v;",
+        "float* s = smem + threadIdx.y * 32; if (lane == 0) s[warp] = v;",
         [Case("f32", 9, 768, sms=2), Case("bf16", 2, 4096, fused=True)],
         r"^(mean|rstd|y|dx)\[",
     ),
     # thread row 0 reads the other rows' accumulators before they are written: shared memory
     # starts as NaN in every block
     "write_partials without the __syncthreads before its reads": (
-        "acc[k][j];\n    }\n    __syncthreads();\n  }",
-        "acc[k][j];\n    }\n  }",
+        "= acc[k][j]; } __syncthreads(); } if (ty != 0) return;",
+        "= acc[k][j]; } } if (ty != 0) return;",
         [Case("f16", 33, 64)],
         r"^d(weight|bias)\[.*nan",
     ),
@@ -129,10 +130,16 @@ PLANTED_BUGS = {
 
 
 @pytest.mark.parametrize("bug", list(PLANTED_BUGS))
+def test_planted_bug_anchor_occurs_once(bug):
+    """A refactor that removes or duplicates an anchor fails here, before anything is built."""
+    spans = emulate.code_spans((CSRC / "layernorm.cu").read_text(), PLANTED_BUGS[bug][0])
+    assert len(spans) == 1, f"layernorm.cu has changed: update the planted bug {bug!r}"
+
+
+@pytest.mark.parametrize("bug", list(PLANTED_BUGS))
 def test_planted_bug_is_caught(bug, emulator, cxx, tmp_path):
-    old, new, cases, reason = PLANTED_BUGS[bug]
-    source = emulate.planted_copy(CSRC / "layernorm.cu", old, new, tmp_path)
-    assert source, f"layernorm.cu has changed: update the planted bug {bug!r}"
+    anchor, new, cases, reason = PLANTED_BUGS[bug]
+    source = emulate.planted_copy(CSRC / "layernorm.cu", anchor, new, tmp_path)
     binary = emu.build(source, tmp_path / "build", cxx, runtime_from=emulator.parent)
     result = emu.run(binary, cases, jobs=2, timeout=120)
     assert result.failures, f"{bug}: not caught by {[c.name for c in cases]}"
