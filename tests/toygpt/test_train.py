@@ -223,6 +223,29 @@ def test_batches_are_windows_of_the_token_file(data_dir):
                 == batch_offsets(len(tokens), 8, 5, 3, 7, r, grad_accum=2)).all()
 
 
+def test_sequential_batches_read_the_stream_once_per_pass_each_rank_its_own():
+    """batch_order="sequential" (build-nanogpt's reading): over one pass, 2 ranks x 3 micro-steps
+    x 4 rows read every window of the stream exactly once, in order within a micro-batch, whatever
+    the seed; one process with grad_accum 6 reads the same windows in each step; then it wraps."""
+    from toygpt.data import batch_offsets
+
+    n_tokens, T, B = 24 * 8 * 5 + 3, 8, 4  # 5 steps of 24 windows, and a short tail that never starts one
+    per_step = []
+    for step in range(5):
+        windows = [batch_offsets(n_tokens, T, B, seed=step, step=step, micro_step=m, rank=r, world_size=2,
+                                 grad_accum=3, order="sequential") for r in range(2) for m in range(3)]
+        for w in windows:
+            assert (np.diff(w) == T).all()  # consecutive windows: the last token of one is the next one's first
+        single = [batch_offsets(n_tokens, T, B, 0, step, m, grad_accum=6, order="sequential") for m in range(6)]
+        assert sorted(np.concatenate(windows).tolist()) == sorted(np.concatenate(single).tolist())
+        per_step.append(np.concatenate(windows))
+    seen = np.concatenate(per_step)
+    assert sorted(seen.tolist()) == list(range(0, 120 * T, T))  # all 120 windows, none twice
+    assert (batch_offsets(n_tokens, T, B, 0, 5, 0, grad_accum=6, order="sequential") == [0, 8, 16, 24]).all()
+    with pytest.raises(ToyGPTError, match="batch order must be one of random, sequential, got 'shuffled'"):
+        batch_offsets(n_tokens, T, B, 0, 0, 0, order="shuffled")
+
+
 def test_help_lists_the_presets_values(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "-h"])

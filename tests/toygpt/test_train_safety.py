@@ -1,6 +1,7 @@
 """What the trainer must never lose or misreport: the last good checkpoint when a run diverges,
 an overwritten run's directory after a crash, prepared data, and a resumed run's own settings."""
 
+import dataclasses
 import json
 import os
 
@@ -201,6 +202,21 @@ def test_plain_resume_takes_the_runs_own_settings_not_the_presets(data_dir, tmp_
     assert (saved["n_layer"], saved["n_embd"], saved["batch_size"], saved["eval_iters"]) == (1, 16, 4, 2)
     assert saved["max_iters"] == 4 and checkpoint.load_state(run / "ckpt")["step"] == 4
     assert checkpoint.load_model(run / "ckpt").config.n_embd == 16
+
+
+def test_a_setting_newer_than_the_checkpoint_resumes_as_runs_had_it_then():
+    """A checkpoint's TrainConfig from before a field existed (decay_all, batch_order) continues
+    with that field's default, what the run had, not with today's preset (mygpt-char now decays
+    every parameter); a field the command line sets is taken."""
+    from toygpt.config import make_config, resumed_config
+
+    saved = {k: v for k, v in dataclasses.asdict(make_config("mygpt-char", data="d")).items()
+             if k not in ("decay_all", "batch_order")}
+    cfg = make_config("mygpt-char", resume=True, max_iters=9000)
+    resumed, _ = resumed_config(cfg, saved, given={"resume", "max_iters"})
+    assert (resumed.decay_all, resumed.batch_order, resumed.max_iters) == (False, "random", 9000)
+    resumed, _ = resumed_config(cfg, saved, given={"resume", "decay_all"})
+    assert resumed.decay_all is True
 
 
 def test_resume_refuses_a_change_of_the_models_shape(data_dir, tmp_path, capsys):

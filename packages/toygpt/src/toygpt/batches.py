@@ -52,7 +52,8 @@ class TokenBatches:
     def train_batch(self, step: int, micro_step: int, block_size: int, device):
         tokens = self.splits["train"]
         offsets = batch_offsets(len(tokens), block_size, self.cfg.batch_size, self.cfg.seed, step,
-                                micro_step, self.rank, self.world_size, self.cfg.grad_accum)
+                                micro_step, self.rank, self.world_size, self.cfg.grad_accum,
+                                order=self.cfg.batch_order)
         return get_batch(tokens, offsets, block_size, device)
 
     def eval_batch(self, split: str, k: int, block_size: int, device):

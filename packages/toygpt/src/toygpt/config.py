@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toygpt.errors import ToyGPTError
+from toygpt.data import BATCH_ORDERS
 from toygpt.flags import at_least, between, check_fields, flag, greater_than, one_of
 from toygpt.model_config import ACTIVATIONS, INITS
 from toygpt.presets import PRESETS, TRAIN_PRESETS
@@ -49,6 +50,9 @@ class TrainConfig:
                                   "(each module's default) (None: the preset's)", one_of(*INITS), metavar="NAME")
     # optimization
     batch_size: int = flag(16, "sequences per micro-batch, per process", at_least(1))
+    batch_order: str = flag("random", "random (windows at random offsets, as nanoGPT) or sequential (the "
+                            "stream in consecutive windows, each rank its own, as build-nanogpt)",
+                            one_of(*BATCH_ORDERS), metavar="ORDER")
     grad_accum: int = flag(1, "micro-batches per optimizer step, per process", at_least(1))
     max_iters: int = flag(5000, "optimizer steps", at_least(1))
     learning_rate: float = flag(1e-3, "peak learning rate", greater_than(0))
@@ -161,8 +165,11 @@ def resumed_config(cfg: TrainConfig, saved: dict, given: set[str] | None = None,
     values, notes = {}, []
     for f in dataclasses.fields(TrainConfig):
         name, new = f.name, getattr(cfg, f.name)
-        if name in _PROCESS_FIELDS or name not in saved:  # (not in saved: a field newer than it)
+        if name in _PROCESS_FIELDS:
             values[name] = new
+            continue
+        if name not in saved:  # a field newer than the checkpoint: what runs had before it, unless set
+            values[name] = new if name in given else f.default
             continue
         old = saved[name]
         if name not in given or new == old or (name == "data" and not new):

@@ -5,8 +5,10 @@ uint16 (uint32 when the vocabulary does not fit), with `meta.json` beside them s
 (see prepare.py). A corpus larger than memory is cut into shards instead (build-nanogpt's
 layout, see shards.py): meta.json lists them, and `load_tokens` maps a split's shards as one
 stream (`ShardedTokens`), so that everything below reads either format the same way. A batch is
-B windows of block_size + 1 tokens at random offsets of that stream (a window may span two
-shards); x is each window without its last token, y without its first.
+B windows of block_size + 1 tokens of that stream (a window may span two shards); x is each
+window without its last token, y without its first. The windows start at random offsets (as
+nanoGPT draws them; windows may overlap and repeat), or, in `sequential` order, one after
+another through the stream, each token read once per pass (as build-nanogpt reads its shards).
 
 Reproducibility: the offsets of a batch are a function of (seed, step, micro-step) alone, not of
 an RNG that runs along with training. A resumed run draws the batches the uninterrupted run would
@@ -247,19 +249,34 @@ def load_tokens(data_dir: str | Path, split: str) -> np.memmap | ShardedTokens:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+BATCH_ORDERS = ("random", "sequential")
+
+
 def batch_offsets(n_tokens: int, block_size: int, batch_size: int, seed: int, step: int,
                   micro_step: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
-                  stream: int = 0) -> np.ndarray:
+                  stream: int = 0, order: str = "random") -> np.ndarray:
     """Start offsets of one micro-batch for one rank.
 
-    One step's global batch is world_size * grad_accum * batch_size windows drawn from an RNG
-    seeded with (seed, stream, step); rank r's micro-step m takes row r * grad_accum + m. So one
-    process with grad_accum = world_size * g draws the same windows as world_size ranks with g.
+    One step's global batch is world_size * grad_accum * batch_size windows. In `random` order
+    they are drawn from an RNG seeded with (seed, stream, step), and rank r's micro-step m takes
+    row r * grad_accum + m. In `sequential` order the stream is cut into consecutive windows
+    (window k starts at k * block_size: its last token is the next one's first), and micro-step m
+    of step s on rank r takes the batch_size windows of chunk (s * grad_accum + m) * world_size + r,
+    wrapping around at the end of the stream: every rank reads its own windows, none twice in a
+    pass (the seed does not enter). Either way one process with grad_accum = world_size * g reads
+    the same windows in a step as world_size ranks with g.
     """
     n_windows = n_tokens - block_size  # a window is block_size + 1 tokens (x and the shifted y)
     if n_windows < 1:
         raise ToyGPTError(f"block_size {block_size} is too long for the data: "
                           f"{n_tokens} tokens hold no window of {block_size + 1}")
+    if order == "sequential":
+        n_consecutive = (n_tokens - 1) // block_size  # windows at 0, T, 2T, ... that fit
+        chunk = (step * grad_accum + micro_step) * world_size + rank
+        k = chunk * batch_size + np.arange(batch_size, dtype=np.int64)
+        return (k % n_consecutive) * block_size
+    if order != "random":
+        raise ToyGPTError(f"batch order must be one of {', '.join(BATCH_ORDERS)}, got {order!r}")
     rng = np.random.default_rng([seed, stream, step])
     offsets = rng.integers(0, n_windows, size=(world_size * grad_accum, batch_size))
     return offsets[rank * grad_accum + micro_step]

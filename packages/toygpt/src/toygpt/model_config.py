@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from toygpt.errors import ToyGPTError
 from toygpt.presets import MODEL_PRESETS, PRESETS
 
-
 ACTIVATIONS = ("gelu", "relu")
 INITS = ("gpt2", "torch")
 

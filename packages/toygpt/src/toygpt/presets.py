@@ -36,8 +36,10 @@ PRESETS: dict[str, Preset] = {
              activation="relu", tie_embeddings=False, qkv_bias=False, lm_head_bias=True, init="torch"),
         dict(batch_size=16, max_iters=5000, learning_rate=1e-3, decay_lr=False, weight_decay=0.01,
              decay_all=True, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_iters=50)),
-    # nanoGPT's "baby GPT", config/train_shakespeare_char.py (the recipe turns the biases off;
-    # the shape alone keeps GPTConfig's default, biases on)
+    # nanoGPT's "baby GPT", config/train_shakespeare_char.py over train.py's defaults (biases
+    # off in the recipe; the shape alone keeps GPTConfig's default, biases on). One difference:
+    # nanoGPT also drops attention probabilities (its `attn_dropout`); toygpt's fused attention has
+    # no dropout, so here dropout acts on the embeddings and the residual branches only
     "shakespeare-char": Preset(
         dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, vocab_size=None),
         dict(bias=False, batch_size=64, max_iters=5000, lr_decay_iters=5000, learning_rate=1e-3,
@@ -51,12 +53,13 @@ PRESETS: dict[str, Preset] = {
              weight_decay=0.1, eval_interval=1000, eval_iters=200)),
     # GPT-2 124M on FineWeb-Edu's 10B-token sample, karpathy/build-nanogpt's recipe: 2**19 =
     # 524,288 tokens a step (64 x 1024 x 8 on one process; with N processes divide --grad-accum
-    # by N), 19,073 steps (one pass over the 10B tokens), 715 warmup steps, a cosine from 6e-4 to
-    # 6e-5, AdamW betas 0.9 / 0.95 with weight decay 0.1, gradient clipping at 1.0, val loss
-    # every 250 steps over 20 batches
+    # by N), 19,073 steps (one pass over the 10B tokens, read in order, each rank its own
+    # windows), 715 warmup steps, a cosine from 6e-4 to 6e-5, AdamW betas 0.9 / 0.95 with weight
+    # decay 0.1, gradient clipping at 1.0, val loss every 250 steps over 20 batches
     "gpt2-fineweb": Preset(
         dict(n_layer=12, n_head=12, n_embd=768),
-        dict(block_size=1024, dropout=0.0, bias=True, batch_size=64, grad_accum=8, max_iters=19073,
+        dict(block_size=1024, dropout=0.0, bias=True, batch_size=64, grad_accum=8, batch_order="sequential",
+             max_iters=19073,
              lr_decay_iters=19073, learning_rate=6e-4, min_lr=6e-5, warmup_iters=715, beta2=0.95,
              weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)),
     "gpt2-medium": Preset(dict(n_layer=24, n_head=16, n_embd=1024), None),  # 350M
