@@ -16,7 +16,7 @@ $(STAMP): constraints.txt packages/toygrad/pyproject.toml packages/kernels/pypro
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt \
-		-e "packages/toygrad[plot,graph]" -e packages/kernels -e "packages/toygpt[hf]" $(DEV_TOOLS)
+		-e "packages/toygrad[plot,graph]" -e packages/kernels -e "packages/toygpt[hf,parquet]" $(DEV_TOOLS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -378,12 +378,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from toygpt import generate_cli, generation
+    from toygpt import checkpoint, generation
     from toygpt.runtime import resolve_device
 
     if args.max_tokens < 1:
         raise ToyGPTError(f"--max-tokens must be at least 1, got {args.max_tokens}")
-    model = generate_cli.load_model(args.model, resolve_device(args.device))  # as generate loads it
+    model = checkpoint.load_named(args.model, resolve_device(args.device))  # as generate loads it
     blocks = _blocks(model)
     check_layer_head(args.layer, args.head, len(blocks), model.config.n_head)
     tok = generation._tokenizer(model, None)

@@ -158,3 +158,39 @@ def load_model(path: str | Path):
     from toygpt.model import GPT
 
     return GPT.from_pretrained(path)
+
+
+def local_model_dir(name: str) -> Path | None:
+    """The local model directory `--model name` means, or None for a hub name.
+
+    Checkpoints resolve as `toygpt train --resume` resolves them: a run directory means its
+    ckpt/, and a checkpoint that a crash mid-save left renamed aside (.ckpt.old) is found, after
+    its files are checked against the sizes and sha256 its trainer_state.pt recorded. A name that
+    looks like a path (it starts with '.', '/' or '~', has two '/' or more, or its first part is a
+    local directory) and is none of these is not found, not a hub name to look up.
+    """
+    path = Path(name).expanduser()
+    for candidate in (path, path / "ckpt"):
+        resolved = resolve(candidate)
+        if (resolved / "config.json").is_file():
+            return verify(resolved)
+    if path.is_dir():
+        raise ToyGPTError(f"{name} holds no model: no config.json in it or in {path / 'ckpt'} "
+                          "(pass a toygpt checkpoint or run directory, or a transformers directory)")
+    if path.exists():
+        raise ToyGPTError(f"{name} is a file, not a model directory")
+    parts = name.replace(os.sep, "/").split("/")
+    if name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        raise ToyGPTError(f"{name}: no such directory (not found; a path is not looked up on the hub)")
+    return None
+
+
+def load_named(name: str, device: str = "cpu"):
+    """What `--model name` means, on `device`: a toygpt checkpoint or run directory, a transformers
+    GPT-2 directory (load_model reads which from its model_type), or a hub name
+    (GPT.from_pretrained, or an error naming it). generate, attention and eval all load this way."""
+    from toygpt.model import GPT
+
+    local = local_model_dir(name)
+    model = load_model(local) if local is not None else GPT.from_pretrained(name)
+    return model.to(device)

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from toygpt.errors import ToyGPTError
 from toygpt.data import BATCH_ORDERS
+from toygpt.errors import ToyGPTError
 from toygpt.flags import at_least, between, check_fields, flag, greater_than, one_of
 from toygpt.model_config import ACTIVATIONS, INITS
 from toygpt.presets import PRESETS, TRAIN_PRESETS

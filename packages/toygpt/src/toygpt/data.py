@@ -33,6 +33,9 @@ import torch
 from toygpt import net
 from toygpt.errors import ToyGPTError
 
+# what a `toygpt prepare` directory holds: any of them there means data a run may be trained on
+DATA_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer.json")
+
 
 @dataclass(frozen=True)
 class RemoteText:

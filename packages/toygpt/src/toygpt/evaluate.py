@@ -62,9 +62,9 @@ class LossConfig:
 
 def load_model(name: str, device: str):
     """(model in eval mode on `device`, its tokenizer) for `--model name`."""
-    from toygpt import generate_cli
+    from toygpt import checkpoint
 
-    model = generate_cli.load_model(name, device)
+    model = checkpoint.load_named(name, device)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:  # a transformers directory or hub model: GPT-2's own tokenizer
         from toygpt.tokenizers import GPT2Tokenizer

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toygpt.data import sha256_of
+from toygpt.data import DATA_FILES, sha256_of
 from toygpt.errors import ToyGPTError
 from toygpt.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -50,8 +50,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# what a `toygpt prepare` directory holds: any of them there means data a run may be trained on
-DATA_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer.json")
 
 
 def prepare(text_path: str | Path, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1,

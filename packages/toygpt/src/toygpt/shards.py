@@ -222,8 +222,7 @@ def prepare_shards(inputs: list[str | Path], out_dir: str | Path, shard_tokens: 
     Resumes an unfinished prepare of the same inputs into `out_dir`; refuses finished data
     unless `overwrite`. `workers` processes tokenize (None: one per CPU; 0: this process).
     """
-    from toygpt.data import sha256_of
-    from toygpt.prepare import DATA_FILES
+    from toygpt.data import DATA_FILES, sha256_of
     from toygpt.tokenizers import GPT2Tokenizer
 
     out_dir = Path(out_dir)
