@@ -1,6 +1,7 @@
-"""Training speed and quality: toygpt's GPT and trainer against a plain PyTorch GPT and nanoGPT's figures.
+"""Training speed: toygpt's GPT and trainer against a plain PyTorch GPT (and GPU quality).
 
-Four modes, one question each:
+Three modes, one question each (the CPU quality of the presets against the code they are named
+after, side by side, is tools/bench_quality.py's):
 
 1. CPU step time (the default). nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 channels,
    context 64, batch 12, dropout 0, no biases, vocab 65): one training step (forward, backward,
@@ -13,38 +14,21 @@ Four modes, one question each:
    toygpt's AdamW is fused on CPU too, the plain model's (nanoGPT's) only on CUDA; a third row,
    toygpt's model with the plain model's AdamW, shows the model's own share.
 
-2. CPU quality (`--quality`): Tiny Shakespeare through `toygpt prepare --tokenizer char` and
-   toygpt's `train()`, two runs:
-   - nanoGPT's CPU recipe (its README's command on top of config/train_shakespeare_char.py:
-     4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 iterations, lr 1e-3 decayed to 1e-4
-     over 2000 after 100 warmup steps, beta2 0.99, weight decay 0.1, no biases, dropout 0,
-     eval_iters 20): val loss at the end (goal <= 1.88, nanoGPT's figure) and the wall time;
-     --more-seeds repeats it with other seeds and reports the mean and spread (one seed's figure
-     moves by about 0.01 from seed to seed, as much as the goal's margin);
-   - the `mygpt-char` preset stopped at iteration 1500: the train loss there, as an evaluation over
-     --eval-batches batches (goal <= 1.60; MyGPT reported 1.516).
-     NOTE: MyGPT's 1.516 (mygpt.ipynb, "iteration: 1500 | loss: 1.516") was measured on its
-     calculus-lecture transcripts (data/calculus.txt), not on Tiny Shakespeare, so it is not a
-     like-for-like figure for this run.
-   Rows go to benchmarks/results/train_cpu_quality.csv.
-
-3. GPU speed (`--device cuda`): GPT-2 124M, batch 16 x 1024 tokens, bf16 autocast, fused AdamW:
+2. GPU speed (`--device cuda`): GPT-2 124M, batch 16 x 1024 tokens, bf16 autocast, fused AdamW:
    tokens/s and MFU (model FLOPs from train.flops_per_token, peak from train.PEAK_FLOPS; goal
    MFU >= 40%), for toygpt and the plain model, into benchmarks/results/train.csv. The step here
    is the model's alone; the trainer adds a loss .item() per step and the batch copies.
 
-4. GPU quality (`--device cuda --quality`): the `shakespeare-char` preset (nanoGPT's baby GPT,
+3. GPU quality (`--device cuda --quality`): the `shakespeare-char` preset (nanoGPT's baby GPT,
    5000 iterations): val loss (goal <= 1.47, nanoGPT's A100 figure) and wall time, into train.csv.
 
 Every CSV row carries the device, torch version, date and git commit. CPU step times, which
 depend on what else the machine runs, are printed only (or appended to --csv PATH).
 
     python tools/bench_train.py                          # CPU step time, toygpt vs plain
-    python tools/bench_train.py --quality                # CPU quality runs (minutes)
-    python tools/bench_train.py --quality --more-seeds 1 2 3 4 5 6 7 8  # the recipe over 9 seeds
     python tools/bench_train.py --device cuda            # GPT-2 124M tokens/s and MFU
     python tools/bench_train.py --device cuda --quality  # shakespeare-char on a GPU
-    python tools/bench_train.py --quality --smoke        # a quick test of this script
+    python tools/bench_train.py --smoke                  # a quick test of this script
 """
 
 from __future__ import annotations
@@ -71,17 +55,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
-# nanoGPT's CPU recipe: README's `python train.py config/train_shakespeare_char.py --device=cpu
-# --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
-# --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`; the rest is the
-# config file's (lr 1e-3, min_lr 1e-4, warmup 100, beta2 0.99) and train.py's defaults (weight
-# decay 0.1, beta1 0.9, grad_clip 1.0, bias False, eval_interval from the config: 250).
-NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
-                   batch_size=12, grad_accum=1, max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3,
-                   min_lr=1e-4, warmup_iters=100, decay_lr=True, beta1=0.9, beta2=0.99, weight_decay=0.1,
-                   grad_clip=1.0, eval_interval=250, eval_iters=20)
-NANOGPT_CPU_VAL_GOAL = 1.88  # nanoGPT's README: "val loss 1.88" for this recipe
-MYGPT_STEP, MYGPT_TRAIN_GOAL = 1500, 1.60  # MyGPT reported 1.516 at iteration 1500 (on calculus.txt)
 SHAKESPEARE_CHAR_VAL_GOAL = 1.47  # nanoGPT's README, on an A100
 MFU_GOAL = 0.40
 MODEL_ONLY = "toygpt, plain's AdamW"  # the CPU step-time row that isolates the model
@@ -284,7 +257,7 @@ def bench_speed(args, meta: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2 and 4: quality
+# 3: quality on a GPU
 
 
 def prepare_char(text_path: Path, out_dir: Path) -> Path:
@@ -356,55 +329,16 @@ def bench_quality(args, meta: dict) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         data_dir = prepare_char(text, Path(tmp) / "data")
         runs = Path(tmp) / "runs"
-        if args.device.startswith("cuda"):
-            result, wall, tr, va = quality_run("shakespeare-char", data_dir, runs, "shakespeare-char",
-                                               {"compile": args.compile, "seed": args.seed}, args.eval_batches,
-                                               args.device)
-            met = va <= SHAKESPEARE_CHAR_VAL_GOAL
-            print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
-                  f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
-                  f"{wall:.0f} s wall")
-            rows.append(quality_row(meta, "shakespeare-char-quality", "preset shakespeare-char", result,
-                                    tr, va, wall, f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", met))
-            return rows
-
-        # nanoGPT's CPU recipe, once per seed
-        recipe = {**NANOGPT_CPU, "max_iters": 20, "eval_interval": 10} if args.smoke else NANOGPT_CPU
-        vals, recipe_vals = [], []
-        for seed in [args.seed, *args.more_seeds]:
-            result, wall, tr, va = quality_run(f"nanogpt-cpu-{seed}", data_dir, runs, "shakespeare-char",
-                                               {**recipe, "seed": seed}, args.eval_batches, args.device)
-            recipe_val = result["evals"][-1]["val_loss"]  # the recipe's own 20-batch estimate
-            vals.append(va)
-            recipe_vals.append(recipe_val)
-            met = va <= NANOGPT_CPU_VAL_GOAL
-            print(f"nanoGPT CPU recipe, seed {seed}: val loss {va:.4f} over {args.eval_batches} batches "
-                  f"({recipe_val:.4f} over the recipe's {NANOGPT_CPU['eval_iters']}), train loss {tr:.4f}; "
-                  f"goal <= {NANOGPT_CPU_VAL_GOAL}: {'met' if met else 'missed'}; wall time {wall:.0f} s "
-                  f"for {len(result['losses'])} iterations", flush=True)
-            rows.append(quality_row(meta, "nanogpt-cpu-recipe-quality",
-                                    f"L4 H4 C128 T64 B12 bias=False dropout=0 seed={seed}", result, tr, va, wall,
-                                    f"val <= {NANOGPT_CPU_VAL_GOAL}", met))
-        if len(vals) > 1:
-            print(f"nanoGPT CPU recipe over {len(vals)} seeds: val loss over {args.eval_batches} batches: mean "
-                  f"{statistics.mean(vals):.4f}, sd {statistics.stdev(vals):.4f}, {min(vals):.4f} to "
-                  f"{max(vals):.4f}; the recipe's own {NANOGPT_CPU['eval_iters']}-batch estimates: mean "
-                  f"{statistics.mean(recipe_vals):.4f}, {min(recipe_vals):.4f} to {max(recipe_vals):.4f}",
-                  flush=True)
-
-        # dx-dtran/MyGPT's model (mygpt-char), stopped at iteration 1500 (its schedule is constant, so stopping early
-        # trains exactly the first 1500 steps of the full run)
-        result, wall, tr, va = quality_run("mygpt-char", data_dir, runs, "mygpt-char",
-                                           dict(max_iters=20 if args.smoke else MYGPT_STEP,
-                                                eval_interval=20 if args.smoke else MYGPT_STEP,
-                                                seed=args.seed),
+        result, wall, tr, va = quality_run("shakespeare-char", data_dir, runs, "shakespeare-char",
+                                           {"compile": args.compile, "seed": args.seed,
+                                            **(dict(max_iters=20, eval_interval=20) if args.smoke else {})},
                                            args.eval_batches, args.device)
-        met = tr <= MYGPT_TRAIN_GOAL
-        print(f"mygpt-char at iteration {MYGPT_STEP}: train loss {tr:.4f} over {args.eval_batches} "
-              f"batches (goal <= {MYGPT_TRAIN_GOAL}: {'met' if met else 'missed'}; MyGPT reported "
-              f"1.516), val loss {va:.4f}; wall time {wall:.0f} s", flush=True)
-        rows.append(quality_row(meta, "mygpt-char-quality", f"preset mygpt-char (L4 H8 C128 T64 B16) seed={args.seed}", result,
-                                tr, va, wall, f"train at {MYGPT_STEP} <= {MYGPT_TRAIN_GOAL}", met))
+        met = va <= SHAKESPEARE_CHAR_VAL_GOAL
+        print(f"shakespeare-char: val loss {va:.4f} over {args.eval_batches} batches (goal <= "
+              f"{SHAKESPEARE_CHAR_VAL_GOAL}: {'met' if met else 'missed'}), train loss {tr:.4f}, "
+              f"{wall:.0f} s wall")
+        rows.append(quality_row(meta, "shakespeare-char-quality", "preset shakespeare-char", result,
+                                tr, va, wall, f"val <= {SHAKESPEARE_CHAR_VAL_GOAL}", met))
     return rows
 
 
@@ -412,7 +346,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--quality", action="store_true", help="train on Tiny Shakespeare and report losses")
+    parser.add_argument("--quality", action="store_true", help="with --device cuda: train shakespeare-char on "
+                        "Tiny Shakespeare and report losses (CPU quality: tools/bench_quality.py)")
     parser.add_argument("--input", default=str(SHAKESPEARE), help="Tiny Shakespeare text for --quality")
     parser.add_argument("--eval-batches", type=int, default=200,
                         help="batches per split in the final loss estimates of --quality")
@@ -424,15 +359,16 @@ def main(argv=None) -> int:
                         help="torch.compile both models (speed), or the trained model (GPU quality)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="weights and batches of the timed models, and of the quality runs")
-    parser.add_argument("--more-seeds", type=int, nargs="*", default=[], metavar="S",
-                        help="--quality on CPU: also run nanoGPT's recipe with these seeds, then the mean and spread")
     parser.add_argument("--smoke", action="store_true",
                         help="a test of this script: 20 iterations per quality run, 2 rounds of 2 steps, no CSV")
     parser.add_argument("--csv", type=Path, default=None,
                         help="CSV to append to (default: benchmarks/results/train.csv on a GPU, "
-                             "train_cpu_quality.csv for CPU --quality; CPU step times: only with --csv)")
+                             "CPU step times: only with --csv)")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     args = parser.parse_args(argv)
+    if args.quality and not args.device.startswith("cuda") and not args.smoke:
+        raise SystemExit("bench_train: --quality is the GPU run (--device cuda); the presets' CPU quality against "
+                         "the code they are named after is tools/bench_quality.py")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"bench_train: --device {args.device} but no CUDA device is visible")
     for name in ("rounds", "warmup", "eval_batches", "threads"):
@@ -448,8 +384,6 @@ def main(argv=None) -> int:
     csv_path = args.csv
     if csv_path is None and args.device.startswith("cuda"):
         csv_path = RESULTS / "train.csv"
-    elif csv_path is None and args.quality:
-        csv_path = RESULTS / "train_cpu_quality.csv"
     if csv_path is not None and not args.no_csv:
         append_rows(csv_path, rows)
     return 0
