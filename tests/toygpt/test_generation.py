@@ -23,10 +23,14 @@ def test_greedy_cache_matches_no_cache_and_transformers(make_hf_checkpoint):
     assert torch.equal(cached, ref)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_decoder_step_matches_full_forward(tiny_gpt, bias):
-    """Decoder.step (the flat decode path) gives the logits forward() gives at each position."""
-    model = tiny_gpt(vocab_size=97, block_size=19, n_layer=3, n_head=3, n_embd=24, bias=bias, seed=5)
+MYGPT_BLOCK = dict(activation="relu", tie_embeddings=False, qkv_bias=False, lm_head_bias=True, init="torch")
+
+
+@pytest.mark.parametrize("options", [dict(bias=True), dict(bias=False), MYGPT_BLOCK], ids=["gpt2", "no-bias", "mygpt"])
+def test_decoder_step_matches_full_forward(tiny_gpt, options):
+    """Decoder.step (the blocks' forward on plain copies of the modules) gives the logits
+    forward() gives at each position, for GPT-2's block and for MyGPT's (ReLU, its own head)."""
+    model = tiny_gpt(vocab_size=97, block_size=19, n_layer=3, n_head=3, n_embd=24, seed=5, **options)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:

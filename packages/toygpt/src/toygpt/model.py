@@ -266,9 +266,6 @@ class Plain:
         self.__dict__.update(attributes)
 
 
-PLAIN_CLASSES: dict[type, type] = {}
-
-
 def plain(module):
     """A copy of `module` for decoding: each submodule of a class in PLAIN_CLASSES becomes an
     instance of its Plain twin (the same attributes, the same `forward`); an nn.Linear becomes
@@ -293,8 +290,9 @@ def _identity(x):
     return x
 
 
-for _cls in (toykernels.LayerNorm, CausalSelfAttention, MLP, Block):
-    PLAIN_CLASSES[_cls] = type(f"Plain{_cls.__name__}", (Plain,), {"__call__": _cls.forward})
+# the module classes of a GPT, each with its Plain twin (PlainBlock, ...): called, it runs the module's forward
+PLAIN_CLASSES = {cls: type(f"Plain{cls.__name__}", (Plain,), {"__call__": cls.forward})
+                 for cls in (toykernels.LayerNorm, CausalSelfAttention, MLP, Block)}
 
 
 class Decoder:
