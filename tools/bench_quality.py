@@ -12,6 +12,9 @@ batches afterwards:
   get_batch from MyGPT/pretrain.py, and the loop of its `pretrain` (torch's AdamW on every
   parameter at lr 1e-3, batch 16, context 64) for --iters steps (default 1500), against
   `toygpt train --preset mygpt-char` stopped at the same step (the schedule is constant).
+- `--lecture DIR` (a checkout of karpathy/ng-video-lecture): the lecture's bigram.py, run as
+  it is (its 3000 steps of batch 32, context 8, AdamW at lr 1e-2, whatever --iters says) on
+  input.txt, its seed replaced per run, against `toygpt train --preset bigram`.
 - `--nanogpt DIR` (a checkout of karpathy/nanoGPT): nanoGPT's own train.py, run as its README's
   CPU command (config/train_shakespeare_char.py, 4 layers, 4 heads, 128 channels, context 64,
   batch 12, 2000 iterations, dropout 0), in a scratch folder holding toygpt's prepared Tiny
@@ -27,15 +30,20 @@ folder outside this repository, e.g. `git clone https://github.com/dx-dtran/MyGP
 
     python tools/bench_quality.py --mygpt /tmp/MyGPT --seeds 1 2 3
     python tools/bench_quality.py --nanogpt /tmp/nanoGPT --seeds 1 2 3
+    python tools/bench_quality.py --lecture /tmp/ng-video-lecture --seeds 1 2 3
     python tools/bench_quality.py --mygpt /tmp/MyGPT --seeds 1 --iters 20 --eval-batches 4 --no-csv  # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import math
+import os
 import pickle
+import runpy
 import shutil
 import statistics
 import subprocess
@@ -144,6 +152,35 @@ def mygpt_side(repo: Path, text: Path, toy_val: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------------------------
+# karpathy/ng-video-lecture
+
+
+def lecture_side(repo: Path, text: Path, work: Path, toy_val: torch.Tensor):
+    """The lecture's bigram.py from `repo`, run in `work` (it reads input.txt from there)."""
+    script = repo / "bigram.py"
+    if not script.is_file():
+        raise SystemExit(f"bench_quality: {repo} is not a checkout of karpathy/ng-video-lecture (no bigram.py)")
+    shutil.copy(text, work / "input.txt")
+
+    def run(seed: int, iters: int):  # iters: the script's own 3000
+        manual_seed, cwd = torch.manual_seed, os.getcwd()
+        torch.manual_seed = lambda s: manual_seed(s - 1337 + seed)  # bigram.py seeds 1337
+        os.chdir(work)
+        t0 = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its losses and its 500-character sample
+                script_globals = runpy.run_path(str(script), run_name="__main__")
+        finally:
+            torch.manual_seed = manual_seed
+            os.chdir(cwd)
+        if not torch.equal(script_globals["val_data"], toy_val):
+            raise SystemExit("bench_quality: the lecture's val split and toygpt's are not the same ids; not comparing")
+        return script_globals["model"], (time.perf_counter() - t0) / script_globals["max_iters"]
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
 # karpathy/nanoGPT
 
 NANOGPT_RUNNER = """
@@ -224,6 +261,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mygpt", type=Path, help="a checkout of dx-dtran/MyGPT")
     p.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT")
+    p.add_argument("--lecture", type=Path, help="a checkout of karpathy/ng-video-lecture")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--iters", type=int, default=None, help="training steps (default: 1500 MyGPT, 2000 nanoGPT)")
     p.add_argument("--eval-batches", type=int, default=200)
@@ -231,8 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
-    if not (args.mygpt or args.nanogpt):
-        p.error("give --mygpt DIR and/or --nanogpt DIR (checkouts of the reference code)")
+    if not (args.mygpt or args.nanogpt or args.lecture):
+        p.error("give --mygpt DIR, --nanogpt DIR and/or --lecture DIR (checkouts of the reference code)")
     if not args.input.is_file():
         p.error(f"--input {args.input}: no such file (Tiny Shakespeare, e.g. karpathy/char-rnn's input.txt)")
     torch.set_num_threads(args.threads)
@@ -248,6 +286,12 @@ def main(argv=None) -> int:
                             lambda seed, n: run_toygpt("mygpt-char", dict(max_iters=n, eval_interval=n), data,
                                                        tmp / "runs" / f"mygpt-{seed}", seed),
                             args.seeds, iters, fixed_batches(val, args.eval_batches, MYGPT_BATCH, 64), meta)
+        if args.lecture:
+            (tmp / "lecture").mkdir()
+            rows += compare("bigram", "lecture", lecture_side(args.lecture.resolve(), args.input, tmp / "lecture", val),
+                            lambda seed, n: run_toygpt("bigram", dict(max_iters=n), data, tmp / "runs" / f"bigram-{seed}",
+                                                       seed),
+                            args.seeds, 3000, fixed_batches(val, args.eval_batches, 32, 8), meta)
         if args.nanogpt:
             iters = args.iters or 2000
             recipe = {**NANOGPT_CPU, "max_iters": iters, "lr_decay_iters": iters, "eval_interval": min(250, iters)}
