@@ -75,3 +75,27 @@ def tiny_gpt():
         return GPT(config).eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def reference_gpt2(gpt2_vocab_dir):
+    """tiktoken's `gpt2` Encoding, built by tiktoken's own file loader from the shared files (not
+    by toygpt's reader, so a mistake in the byte mapping or the ids would show)."""
+    import os
+
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tokenizer_texts import GPT2_PAT
+
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # no cache: read the local files directly
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            str(gpt2_vocab_dir / "vocab.bpe"), str(gpt2_vocab_dir / "encoder.json"))
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+    return tiktoken.Encoding("gpt2-reference", pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)

@@ -6,34 +6,13 @@ toygpt's file reader, so a mistake in the byte mapping or the ids would show.
 
 import codecs
 import json
-import os
 import random
 
 import pytest
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tokenizer_texts import TRICKY, random_texts
 from toygpt.errors import ToyGPTError
 from toygpt.tokenizers import CharTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from toygpt.tokenizers import gpt2 as gpt2_module
-
-
-@pytest.fixture(scope="module")
-def reference_gpt2(gpt2_vocab_dir):
-    """tiktoken's `gpt2` Encoding built by tiktoken's own file loader from the shared files."""
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # "" = no cache: read the local files directly
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            str(gpt2_vocab_dir / "vocab.bpe"), str(gpt2_vocab_dir / "encoder.json"))
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
-    pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    return tiktoken.Encoding("gpt2-reference", pat_str=pat, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
 
 @pytest.fixture(scope="module")

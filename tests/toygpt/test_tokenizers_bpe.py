@@ -2,20 +2,14 @@
 Face, the tiktoken export, save / load and bad input."""
 
 import json
-import os
 import random
 from collections import Counter
 
 import pytest
 import regex
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-from tokenizer_texts import TRICKY, random_texts
+from tokenizer_texts import GPT2_PAT, TRICKY, random_texts
 from toygpt.errors import ToyGPTError
 from toygpt.tokenizers import BPETokenizer, load_tokenizer
-
-GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
 
 
 def naive_train(text: str, n_merges: int) -> list[tuple[int, int, int]]:
@@ -58,23 +52,6 @@ def shakespeare(shakespeare_path):
 @pytest.fixture(scope="module")
 def gpt2_bpe(gpt2_vocab_dir):
     return BPETokenizer.from_gpt2_files(gpt2_vocab_dir / "encoder.json", gpt2_vocab_dir / "vocab.bpe")
-
-
-@pytest.fixture(scope="module")
-def reference_gpt2(gpt2_vocab_dir):
-    """tiktoken's `gpt2`, built by tiktoken's own loader from the shared files."""
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # no cache: read the local files directly
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            str(gpt2_vocab_dir / "vocab.bpe"), str(gpt2_vocab_dir / "encoder.json"))
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
-    return tiktoken.Encoding("gpt2-reference", pat_str=GPT2_PAT, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
 
 @pytest.fixture(scope="module")

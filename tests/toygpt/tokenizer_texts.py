@@ -1,7 +1,10 @@
-"""Texts that tokenizers get wrong: the tokenizer tests' shared inputs (loaded by
-tests/toygpt/conftest.py as the module `tokenizer_texts`)."""
+"""Texts that tokenizers get wrong, and GPT-2's pre-tokenizing pattern: what the tokenizer tests
+share (loaded by tests/toygpt/conftest.py as the module `tokenizer_texts`)."""
 
 import random
+
+# GPT-2's split of text into words before BPE (openai/gpt-2's encoder.py, as tiktoken's gpt2)
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 TRICKY = [
     "",
