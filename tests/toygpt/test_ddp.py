@@ -82,16 +82,28 @@ def test_two_nodes_match_one_process_and_resume_exactly(tmp_path, shakespeare_pa
 
     def two_nodes(out, max_iters, *extra):
         port = _free_port()
+        # each launcher writes to a file, not a pipe: a pipe that nobody reads while the test waits
+        # for the other node fills up and stops its writer, and then both nodes wait for ever
+        logs = [tmp_path / f"{out}-{'-'.join(extra) or 'run'}-node{node}.log" for node in (0, 1)]
         launchers = [
             subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                               "--node_rank", str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
                               "--master_port", str(port), *args(out, max_iters, 1, *extra)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for node in (0, 1)
+                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+            for node, log in zip((0, 1), logs)
         ]
-        for node, p in enumerate(launchers):
-            _, err = p.communicate(timeout=240)
-            assert p.returncode == 0, f"node {node}: {err[-3000:]}"
+        try:
+            for p in launchers:
+                p.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            pytest.fail("two-node run still going after 240 s; the nodes' output:\n" + "\n".join(
+                f"node {node}: {log.read_text()[-2000:]}" for node, log in enumerate(logs)))
+        finally:
+            for p in launchers:
+                p.kill()  # nothing, for a launcher that has exited
+                p.wait()
+        for node, (p, log) in enumerate(zip(launchers, logs)):
+            assert p.returncode == 0, f"node {node}: {log.read_text()[-3000:]}"
 
     single = subprocess.run([sys.executable, *args("single", 4, 2)], capture_output=True, text=True,
                             timeout=240, env=env)
