@@ -93,9 +93,10 @@ def _main(argv: list[str] | None) -> int:
     t0 = time.perf_counter()
     task = AdditionTask(digits=args.digits, n_test=args.n_test, seed=args.seed)
     batches = AdditionBatches(task, args.batch_size)
-    # A 2-layer, 128-channel GPT (0.4M parameters) is plenty: reversed addition is a local rule.
+    # A 2-layer, 128-channel GPT-2 (0.4M parameters) is plenty: reversed addition is a local rule.
     cfg = make_config(
-        "mygpt-char", n_layer=2, n_head=4, n_embd=128, block_size=task.seq_len - 1, dropout=0.0,
+        "mygpt-char", activation="gelu", tie_embeddings=True, qkv_bias=True, lm_head_bias=False, init="gpt2",
+        decay_all=False, n_layer=2, n_head=4, n_embd=128, block_size=task.seq_len - 1, dropout=0.0,
         batch_size=args.batch_size, max_iters=args.max_iters, learning_rate=3e-3, min_lr=3e-4,
         warmup_iters=50, decay_lr=True, weight_decay=0.1, beta2=0.98, grad_clip=1.0,
         eval_interval=max(1, args.max_iters // 5), eval_iters=max(1, args.n_test // args.batch_size),
