@@ -1,4 +1,4 @@
-"""Benchmark: one training step of the mygpt-char GPT, toygrad.tensor vs torch.autograd.
+"""Benchmark: one training step of a GPT-2 of mygpt-char's sizes, toygrad.tensor vs torch.autograd.
 
 Providers (same weights, same batch, measured in the same run, interleaved step by step so
 that load from other processes hits all alike):
