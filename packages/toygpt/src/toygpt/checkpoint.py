@@ -1,4 +1,5 @@
-"""Training checkpoints: a toygpt checkpoint directory plus the trainer's state, saved atomically.
+"""Training checkpoints: a toygpt checkpoint directory plus the trainer's state, saved atomically;
+and what `--model NAME` means to generate, attention and eval (`load_named`, at the end).
 
 Layout of `<run>/ckpt/`:
     config.json, model.safetensors   the model (model.save_pretrained: GPT.from_pretrained reads it)
