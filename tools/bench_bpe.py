@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import platform
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
 import regex
-from benchlib import git_commit
+from benchlib import cpu_model, git_commit
 from toygpt.tokenizers import BPETokenizer, GPT2Tokenizer
 from toygpt.tokenizers.bpe import merge_pair
 from toygpt.tokenizers.gpt2_files import GPT2_SPLIT_PATTERN
@@ -122,7 +121,7 @@ def main() -> None:
 
     if args.csv:
         meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(default=""),
-                "cpu": platform.processor() or platform.machine(), "text": args.text.name}
+                "cpu": cpu_model(), "text": args.text.name}
         new_file = not args.csv.exists()
         with open(args.csv, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*meta, *rows[0]])

@@ -32,7 +32,6 @@ import argparse
 import copy
 import datetime
 import json
-import platform
 import shutil
 import statistics
 import tempfile
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import append_csv, git_commit
+from benchlib import append_csv, cpu_model, git_commit
 from toygpt import GPT, GPTConfig
 from toygpt.hf import hf_to_toygpt, load_checked
 from toygpt.quantize import quantize
@@ -49,17 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 CSV_PATH = REPO / "benchmarks" / "results" / "generate.csv"
 CPU_CSV_PATH = REPO / "benchmarks" / "results" / "generate_cpu.csv"
 GPT2_VOCAB = REPO.parent / "shared" / "data" / "gpt2"
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as lscpu prints it (figures differ between Intel and AMD)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ctranslate2_generators(hf, threads: int, folder: Path):

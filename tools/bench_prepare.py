@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import run_meta, usage_error  # noqa: E402
+from benchlib import cpu_model, run_meta, usage_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -121,11 +120,7 @@ def main() -> None:
             best = min(best, seconds)
         results[name] = best
     n_tokens = len(reference) - len(docs)  # the text's tokens, without the end-of-text ids
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     rows = []
     for name, seconds in results.items():
         rate = n_tokens / seconds

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import append_csv, git_commit
+from benchlib import append_csv, cpu_model, git_commit
 from toygpt import cli
 from toygpt.config import make_config
 from toygpt.data import load_tokens
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
         p.error(f"--input {args.input}: no such file (Tiny Shakespeare, e.g. karpathy/char-rnn's input.txt)")
     torch.set_num_threads(args.threads)
     meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
-            "threads": args.threads}
+            "threads": args.threads, "cpu": cpu_model()}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         tmp = Path(tmp)

@@ -5,7 +5,7 @@ provenance of a CSV row.
   256 MiB memset, as llm.c's benchmark helper does) so that no run reads its inputs from the
   previous one's cache; plain wall time on a CPU.
 - `usage_error`, `parse_shapes`, `parse_names`: one-line command-line errors with exit status 2.
-- `run_meta` and `git_commit`: the columns that say where a row was measured (GPU or CPU, torch
+- `run_meta`, `git_commit` and `cpu_model`: the columns that say where a row was measured (GPU or CPU, torch
   version, date, commit), so a figure in benchmarks/results/*.csv can be traced to its code;
   `append_csv` appends the rows (a header first when the file is new).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import platform
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,18 @@ class Timer:
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it ("Intel(R) Xeon(R) ...", "AMD EPYC ..."): CPU figures
+    differ between vendors, so every CPU row names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def git_commit(default: str = "unknown") -> str:

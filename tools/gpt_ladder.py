@@ -43,7 +43,6 @@ import csv
 import datetime
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from benchlib import git_commit
+from benchlib import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -389,14 +388,7 @@ CSV_FIELDS = ["step", "name", "params", "iters", "batch_size", "block_size", "tr
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     commit = git_commit(default="")
     return {"cpu": cpu, "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "commit": commit}
