@@ -1,5 +1,13 @@
-"""Shared test fixtures: where the project's sibling data folder is, and fake CUDA tensors."""
+"""Shared test fixtures: where the project's sibling data folder is, and fake CUDA tensors; and
+the helper modules test files share, loaded by name.
 
+With --import-mode=importlib neither tests/ nor tools/ is on sys.path, so a test file cannot
+import a helper file beside it: the files in SHARED_MODULES are loaded here from their paths,
+once, as the modules the tests `import` (e.g. `from tokenizer_texts import TRICKY`).
+"""
+
+import importlib.util
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -8,6 +16,30 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TESTS = REPO / "tests"
+
+# module name -> file; the CUDA emulator's driver first: the ops' cases modules `import emulate`
+SHARED_MODULES = {
+    "emulate": REPO / "tools" / "cuda_emu" / "emulate.py",  # the emulator's generic driver
+    "layernorm_emulator_cases": TESTS / "kernels" / "layernorm" / "emulator_cases.py",
+    "attention_emulator_cases": TESTS / "kernels" / "attention" / "emulator_cases.py",
+    "kernel_checks": TESTS / "kernels" / "checks.py",  # the checks of both ops' CPU-path tests
+    "tokenizer_texts": TESTS / "toygpt" / "tokenizer_texts.py",  # both tokenizer test files' inputs
+}
+
+
+def _load(name: str, path: Path) -> None:
+    """The file `path` as the module `name`."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while a class is made
+    spec.loader.exec_module(module)
+
+
+for _name, _path in SHARED_MODULES.items():
+    _load(_name, _path)
 
 
 @pytest.fixture(scope="session")

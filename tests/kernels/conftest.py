@@ -4,18 +4,16 @@ the C++ compiler of the CUDA emulator (tools/cuda_emu).
 With --import-mode=importlib these are fixtures (not an importable module).
 Tests that need a GPU are marked `@pytest.mark.cuda`; here they are skipped, with the reason,
 when torch has no usable CUDA device. The CUDA emulator's generic driver (tools/cuda_emu/
-emulate.py) and each op's cases for it (<op>/emulator_cases.py, beside the op's tests) are
-loaded here from their files, so that the emulated tests import them by name without tools/ on
-sys.path.
+emulate.py), each op's cases for it (<op>/emulator_cases.py, beside the op's tests) and the
+ops' shared checks (checks.py) are loaded by tests/conftest.py (SHARED_MODULES), so that the
+tests import them by name without tools/ on sys.path.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,24 +22,7 @@ import toykernels
 
 CSRC = Path(toykernels.__file__).resolve().parent / "csrc"
 HERE = Path(__file__).resolve().parent
-EMU_DIR = HERE.parents[1] / "tools" / "cuda_emu"
 
-
-def _load(name: str, path: Path) -> None:
-    """The file `path` as the module `name` (neither tools/ nor tests/ is on sys.path)."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while a class is made
-    spec.loader.exec_module(module)
-
-
-# the emulator's driver first: the cases modules `import emulate`, which finds it in sys.modules
-_load("emulate", EMU_DIR / "emulate.py")
-for _op in ("layernorm", "attention"):  # import layernorm_emulator_cases, ...
-    _load(f"{_op}_emulator_cases", HERE / _op / "emulator_cases.py")
-_load("kernel_checks", HERE / "checks.py")  # the tests of both ops: import kernel_checks
 
 NO_CUDA_REASON = (
     "needs an NVIDIA GPU and a CUDA build of torch "

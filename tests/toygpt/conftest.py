@@ -1,24 +1,8 @@
 """Shared toygpt test helpers: a small prepared character dataset, small random transformers
 GPT-2 checkpoints, tiny toygpt models."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-
-def _load_texts() -> None:
-    """tests/toygpt/tokenizer_texts.py as the module `tokenizer_texts`, for both tokenizer test files."""
-    if "tokenizer_texts" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("tokenizer_texts", Path(__file__).with_name("tokenizer_texts.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["tokenizer_texts"] = module
-        spec.loader.exec_module(module)
-
-
-_load_texts()
 
 
 @pytest.fixture

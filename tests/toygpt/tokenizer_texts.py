@@ -1,5 +1,5 @@
 """Texts that tokenizers get wrong, and GPT-2's pre-tokenizing pattern: what the tokenizer tests
-share (loaded by tests/toygpt/conftest.py as the module `tokenizer_texts`)."""
+share (loaded by tests/conftest.py as the module `tokenizer_texts`)."""
 
 import random
 

@@ -8,7 +8,7 @@ on it. From the repository's root:
     python tools/cuda_emu/emulate.py tests/kernels/attention/emulator_cases.py --case "dtype=f16 Tq=17 Tk=65 D=64 layout=cache"
 
 Exit status 1 when a case fails. test_emulated.py imports this file (build, Case, run; loaded
-by tests/kernels/conftest.py) and runs a reduced case set on every `make test`. See
+by tests/conftest.py) and runs a reduced case set on every `make test`. See
 tools/cuda_emu/README.md.
 """
 

@@ -8,7 +8,7 @@ on it. From the repository's root:
     python tools/cuda_emu/emulate.py tests/kernels/layernorm/emulator_cases.py --case "dtype=f16 rows=9 C=768 fused=1 sms=2"
 
 Exit status 1 when a case fails. test_emulated.py imports this file (build, Case, run; loaded
-by tests/kernels/conftest.py) and runs a reduced case set on every `make test`. See
+by tests/conftest.py) and runs a reduced case set on every `make test`. See
 tools/cuda_emu/README.md.
 """
 
