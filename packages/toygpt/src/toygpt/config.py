@@ -141,9 +141,8 @@ MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "b
                       "tie_embeddings", "qkv_bias", "lm_head_bias", "init")
 # this process's settings, not the run's: a resumed run takes them from the caller
 _PROCESS_FIELDS = {"resume", "overwrite", "progress", "out", "device", "compile"}
-# the model's own settings: the checkpoint's weights fix them
-_MODEL_FIELDS = {"preset", "n_layer", "n_head", "n_embd", "block_size", "bias", "activation", "tie_embeddings",
-                 "qkv_bias", "lm_head_bias", "init"}
+# the model's own settings: the checkpoint's weights fix them (all of its shape but dropout)
+_MODEL_FIELDS = {"preset", *MODEL_SHAPE_FIELDS} - {"dropout"}
 # settings a continued run is expected to change: applied without a note
 _CONTINUATION_FIELDS = {"max_iters", "eval_interval", "sample_tokens", "data", "hellaswag_every",
                         "hellaswag_data", "hellaswag_limit"}
